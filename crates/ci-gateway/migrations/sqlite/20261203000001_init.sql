@@ -1,0 +1,49 @@
+-- The job catalog, synced from the configuration at start-up.
+CREATE TABLE ci_job (
+    tenant_id     TEXT    NOT NULL DEFAULT 'default',
+    job_id        TEXT    NOT NULL,
+    project       TEXT    NOT NULL,
+    display_name  TEXT    NOT NULL,
+    environment   TEXT,
+    provider_id   TEXT    NOT NULL,
+    provider_kind TEXT    NOT NULL,
+    provider_ref  TEXT    NOT NULL,              -- JSON
+    active        BOOLEAN NOT NULL DEFAULT TRUE,  -- false once removed from the configuration
+    updated_at    TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, job_id)
+);
+
+-- One execution of a job.
+CREATE TABLE ci_run (
+    run_id              TEXT NOT NULL PRIMARY KEY,
+    tenant_id           TEXT NOT NULL DEFAULT 'default',
+    job_id              TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    provider_id         TEXT NOT NULL,
+    provider_kind       TEXT NOT NULL,
+    provider_run_ref    TEXT,                   -- JSON; null until the provider accepted the run
+    parameters          TEXT NOT NULL,          -- JSON object
+    idempotency_key     TEXT,
+    request_fingerprint TEXT NOT NULL,
+    created_at          TEXT NOT NULL,
+    started_at          TEXT,
+    finished_at         TEXT,
+    cancel_requested_at TEXT,
+    stream_resume       TEXT,                   -- JSON; where the provider's event stream resumes
+    ended               BOOLEAN NOT NULL DEFAULT FALSE, -- true once the final `end` event is stored
+    FOREIGN KEY (tenant_id, job_id) REFERENCES ci_job (tenant_id, job_id)
+);
+CREATE UNIQUE INDEX ci_run_idempotency ON ci_run (tenant_id, job_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX ci_run_open ON ci_run (ended) WHERE NOT ended;
+CREATE INDEX ci_run_by_job ON ci_run (tenant_id, job_id, created_at);
+
+-- A run's events, in the order its watchers see them; `seq` is the SSE id.
+CREATE TABLE ci_run_event (
+    run_id     TEXT    NOT NULL REFERENCES ci_run (run_id),
+    seq        INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,  -- status | log | end
+    data       TEXT    NOT NULL,  -- JSON
+    created_at TEXT    NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);

@@ -1,0 +1,205 @@
+//! Start-up: build everything from [`Settings`], bind, serve until told to stop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, bail};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ProviderSettings, Settings};
+use crate::domain::TenantId;
+use crate::http::{AppState, router};
+use crate::provider::CiProvider;
+use crate::provider::concourse::ConcourseProvider;
+use crate::runs::{Providers, RunService};
+use crate::store::{self, JobRecord, Store};
+
+/// A built gateway, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process; tests
+/// build many applications in one).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then /metrics is just empty.
+            let _ = metrics::set_global_recorder(recorder);
+            // Register the counters up front, so /metrics lists them from the start.
+            for name in [
+                "ci_gateway_runs_triggered_total",
+                "ci_gateway_event_streams_total",
+            ] {
+                metrics::counter!(name).increment(0);
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Builds every provider of the allowlist and checks that each one accepts our credentials.
+///
+/// # Errors
+/// A missing secret, or a provider that refuses to log us in: the gateway must not start half
+/// able to run jobs.
+pub async fn build_providers(settings: &Settings, check: bool) -> anyhow::Result<Providers> {
+    let mut providers: Providers = HashMap::new();
+    for (name, provider) in &settings.providers {
+        let built: Arc<dyn CiProvider> = match provider {
+            ProviderSettings::Concourse(c) => Arc::new(
+                ConcourseProvider::new(c.resolve(name)?)
+                    .with_context(|| format!("provider {name}"))?,
+            ),
+        };
+        if check {
+            built
+                .check()
+                .await
+                .with_context(|| format!("provider {name}: start-up check failed"))?;
+        }
+        providers.insert(name.clone(), built);
+    }
+    Ok(providers)
+}
+
+/// Turns the configured catalog into job records, with each binding checked by its provider.
+///
+/// # Errors
+/// A job whose provider is missing or whose binding the provider refuses.
+pub fn catalog(settings: &Settings, providers: &Providers) -> anyhow::Result<Vec<JobRecord>> {
+    let tenant = TenantId::default_tenant();
+    settings
+        .jobs
+        .iter()
+        .map(|job| {
+            let Some(provider) = providers.get(&job.provider) else {
+                bail!(
+                    "job {}: provider {:?} is not in the allowlist",
+                    job.job_id,
+                    job.provider
+                );
+            };
+            let binding = serde_json::to_value(&job.binding)
+                .with_context(|| format!("job {}: binding", job.job_id))?;
+            let provider_ref = provider
+                .job_ref(&binding)
+                .with_context(|| format!("job {}: invalid binding", job.job_id))?;
+            Ok(JobRecord {
+                tenant_id: tenant.as_ref().to_owned(),
+                job_id: job.job_id.clone(),
+                project: job.project.clone(),
+                display_name: job.display_name.clone(),
+                environment: job.environment.clone(),
+                provider_id: job.provider.clone(),
+                provider_kind: provider.kind().to_owned(),
+                provider_ref,
+            })
+        })
+        .collect()
+}
+
+impl Application {
+    /// Connects the database, checks the providers, syncs the job catalog, resumes unfinished
+    /// runs and binds the listener.
+    ///
+    /// # Errors
+    /// Any of those steps failing, with a message that names the step.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        settings.validate()?;
+        let store: Arc<dyn Store> =
+            store::connect(&settings.database.url, settings.database.max_connections).await?;
+        let providers = build_providers(&settings, true).await?;
+        let jobs = catalog(&settings, &providers)?;
+        store
+            .sync_jobs(&TenantId::default_tenant(), &jobs)
+            .await
+            .context("cannot sync the job catalog")?;
+        let runs = Arc::new(RunService::new(store, providers, CancellationToken::new()));
+        let resumed = runs
+            .resume_open_runs()
+            .await
+            .context("cannot resume open runs")?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        tracing::info!(jobs = jobs.len(), resumed, addr = %listener.local_addr()?, "gateway ready");
+        let state = AppState {
+            runs,
+            server: Arc::new(settings.server.clone()),
+            metrics: metrics_handle(),
+        };
+        Ok(Application { listener, state })
+    }
+
+    /// The address it listens on (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        // BUG if it fails: the listener was bound in `build`.
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// A token that stops the gateway when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.runs.shutdown.clone()
+    }
+
+    /// Serves until `signal` completes or the shutdown token is cancelled; then stops accepting,
+    /// ends the event streams (callers resume elsewhere with `Last-Event-ID`), stops the
+    /// ingesters (their position is stored), and waits for in-flight requests.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let token = self.shutdown_token();
+        let stop = {
+            let token = token.clone();
+            async move {
+                tokio::select! {
+                    () = signal => {}
+                    () = token.cancelled() => {}
+                }
+                tracing::info!("shutting down");
+                token.cancel();
+            }
+        };
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(stop)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,156 @@
+//! `GET /v1/runs/{run_id}/events`: a run's events over Server-Sent Events.
+//!
+//! The stream reads the run's stored events after the caller's `Last-Event-ID` (all of them
+//! without one), then waits for more: woken at once by the bus when this process stored them,
+//! and by a short poll for events another replica stored. It ends with the `end` event once the
+//! run is over. A comment heartbeat keeps idle connections alive through proxies.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::header::{CACHE_CONTROL, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::PathParam;
+use super::handlers::load_run;
+use crate::domain::RunId;
+use crate::runs::RunService;
+use crate::store::{EventKind, EventRecord};
+
+/// How many stored events one read takes.
+const PAGE: i64 = 500;
+
+/// How often an idle stream looks for events stored by another replica.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Reads `Last-Event-ID`: the id of the last event the caller has, so the stream starts after it.
+fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(-1);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|id| *id >= -1)
+        .ok_or_else(|| ApiError::InvalidRequest("Last-Event-ID must be an event id".to_owned()))
+}
+
+/// The handler.
+#[tracing::instrument(skip_all, fields(run_id = %run_id))]
+pub async fn run_events(
+    State(state): State<AppState>,
+    PathParam(run_id): PathParam,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let after = last_event_id(&headers)?;
+    let run = load_run(&state, &run_id).await?;
+    // Subscribe before the first read, so nothing stored in between goes unnoticed.
+    let wake = state.runs.bus.subscribe(run.run_id);
+    let tail = Tail {
+        runs: Arc::clone(&state.runs),
+        run_id: run.run_id,
+        cursor: after,
+        pending: VecDeque::new(),
+        wake: Some(wake),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(tail, |mut tail| async move {
+        let event = tail.next().await?;
+        Some((Ok::<_, Infallible>(event), tail))
+    });
+    metrics::counter!("ci_gateway_event_streams_total").increment(1);
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(state.server.sse_heartbeat()));
+    let mut response = sse.into_response();
+    let h = response.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// One caller's position in a run's events.
+struct Tail {
+    runs: Arc<RunService>,
+    run_id: RunId,
+    /// The last event sent.
+    cursor: i64,
+    /// Read, not yet sent.
+    pending: VecDeque<EventRecord>,
+    /// Wakes on new events of this process; `None` once the run's channel closed.
+    wake: Option<watch::Receiver<i64>>,
+    /// The `end` event was sent.
+    done: bool,
+}
+
+fn to_sse(e: &EventRecord) -> Event {
+    Event::default()
+        .id(e.seq.to_string())
+        .event(e.kind.as_str())
+        .data(e.data.to_string())
+}
+
+impl Tail {
+    /// The next event to send; `None` ends the stream (run over, shutdown, or store failure —
+    /// the caller reconnects with `Last-Event-ID`).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                self.cursor = e.seq;
+                self.done = e.kind == EventKind::End;
+                return Some(to_sse(&e));
+            }
+            if self.done {
+                return None;
+            }
+            let store = &self.runs.store;
+            match store.events_after(self.run_id, self.cursor, PAGE).await {
+                Ok(events) if !events.is_empty() => {
+                    self.pending.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: cannot read events");
+                    return None;
+                }
+            }
+            // The caller may already hold the end (it resumed after it): repeat it and close.
+            match store.end_event(self.run_id).await {
+                Ok(Some(end)) if end.seq <= self.cursor => {
+                    self.done = true;
+                    return Some(to_sse(&end));
+                }
+                // Stored since the read above: read again.
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: cannot read the run");
+                    return None;
+                }
+            }
+            let shutdown = self.runs.shutdown.clone();
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                changed = async {
+                    match &mut self.wake {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !changed {
+                        self.wake = None;
+                    }
+                }
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The SQL behind [`Store`], written once for SQLite and PostgreSQL.
+//!
+//! Both backends accept the same statements: `$n` placeholders (sqlx-sqlite reads them too),
+//! `ON CONFLICT`, `RETURNING`, and JSON bound through [`Json`] (TEXT on SQLite, JSONB on
+//! PostgreSQL). The one body is stamped out per backend by `impl_store!`, so a fix lands in both.
+//! Only connecting and the migration trees differ.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+
+use super::{
+    EventKind, EventRecord, InsertOutcome, JobRecord, NewEvent, NewRun, RunChange, RunRecord,
+    Store, StoreError, StoreResult,
+};
+use crate::domain::{RunId, RunStatus, TenantId};
+
+/// The store on an embedded SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// The store on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Turns a migration failure into a message an operator can act on.
+fn migrate_error(e: sqlx::migrate::MigrateError) -> anyhow::Error {
+    match e {
+        sqlx::migrate::MigrateError::VersionMissing(v) => anyhow::anyhow!(
+            "the database schema is newer than this binary (it has migration {v}, which this \
+             binary does not know); run a newer ci-gateway"
+        ),
+        other => anyhow::Error::new(other).context("cannot apply database migrations"),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the SQLite file and migrates it.
+    ///
+    /// # Errors
+    /// When the URL is malformed, the file cannot be opened, or the migrations fail.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .context("invalid SQLite database URL")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options)
+            .await
+            .context("cannot open the SQLite database")?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(migrate_error)?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+impl PgStore {
+    /// Connects to PostgreSQL and migrates it. Replicas starting together are safe: the migrator
+    /// holds an advisory lock while it works.
+    ///
+    /// # Errors
+    /// When the URL is malformed, the server cannot be reached, or the migrations fail.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgStore> {
+        // The URL may carry a password: never put it in an error.
+        let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL database URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(migrate_error)?;
+        Ok(PgStore { pool })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    tenant_id: String,
+    job_id: String,
+    project: String,
+    display_name: String,
+    environment: Option<String>,
+    provider_id: String,
+    provider_kind: String,
+    provider_ref: Json<Value>,
+}
+
+impl From<JobRow> for JobRecord {
+    fn from(r: JobRow) -> JobRecord {
+        JobRecord {
+            tenant_id: r.tenant_id,
+            job_id: r.job_id,
+            project: r.project,
+            display_name: r.display_name,
+            environment: r.environment,
+            provider_id: r.provider_id,
+            provider_kind: r.provider_kind,
+            provider_ref: r.provider_ref.0,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    run_id: String,
+    tenant_id: String,
+    job_id: String,
+    status: String,
+    provider_id: String,
+    provider_kind: String,
+    provider_run_ref: Option<Json<Value>>,
+    parameters: Json<Map<String, Value>>,
+    idempotency_key: Option<String>,
+    request_fingerprint: String,
+    created_at: OffsetDateTime,
+    started_at: Option<OffsetDateTime>,
+    finished_at: Option<OffsetDateTime>,
+    cancel_requested_at: Option<OffsetDateTime>,
+    stream_resume: Option<Json<Value>>,
+    ended: bool,
+}
+
+impl TryFrom<RunRow> for RunRecord {
+    type Error = StoreError;
+
+    fn try_from(r: RunRow) -> Result<RunRecord, StoreError> {
+        Ok(RunRecord {
+            run_id: RunId::parse(&r.run_id)
+                .map_err(|e| StoreError::Corrupt(format!("run id {:?}: {e}", r.run_id)))?,
+            tenant_id: r.tenant_id,
+            job_id: r.job_id,
+            status: RunStatus::parse(&r.status).unwrap_or(RunStatus::Unknown),
+            provider_id: r.provider_id,
+            provider_kind: r.provider_kind,
+            provider_run_ref: r.provider_run_ref.map(|j| j.0),
+            parameters: r.parameters.0,
+            idempotency_key: r.idempotency_key,
+            request_fingerprint: r.request_fingerprint,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            cancel_requested_at: r.cancel_requested_at,
+            stream_resume: r.stream_resume.map(|j| j.0),
+            ended: r.ended,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    seq: i64,
+    kind: String,
+    data: Json<Value>,
+    created_at: OffsetDateTime,
+}
+
+impl TryFrom<EventRow> for EventRecord {
+    type Error = StoreError;
+
+    fn try_from(r: EventRow) -> Result<EventRecord, StoreError> {
+        Ok(EventRecord {
+            seq: r.seq,
+            kind: EventKind::parse(&r.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("event kind {:?}", r.kind)))?,
+            data: r.data.0,
+            created_at: r.created_at,
+        })
+    }
+}
+
+const RUN_COLUMNS: &str = "run_id, tenant_id, job_id, status, provider_id, provider_kind, \
+     provider_run_ref, parameters, idempotency_key, request_fingerprint, created_at, started_at, \
+     finished_at, cancel_requested_at, stream_resume, ended";
+
+/// Stamps out the [`Store`] implementation for one backend.
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait]
+        impl Store for $store {
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn sync_jobs(&self, tenant: &TenantId, jobs: &[JobRecord]) -> StoreResult<()> {
+                let now = OffsetDateTime::now_utc();
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE ci_job SET active = FALSE, updated_at = $2 WHERE tenant_id = $1")
+                    .bind(tenant.as_ref())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                for job in jobs {
+                    sqlx::query(
+                        "INSERT INTO ci_job (tenant_id, job_id, project, display_name, environment, \
+                         provider_id, provider_kind, provider_ref, active, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9) \
+                         ON CONFLICT (tenant_id, job_id) DO UPDATE SET project = excluded.project, \
+                         display_name = excluded.display_name, environment = excluded.environment, \
+                         provider_id = excluded.provider_id, provider_kind = excluded.provider_kind, \
+                         provider_ref = excluded.provider_ref, active = TRUE, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(tenant.as_ref())
+                    .bind(&job.job_id)
+                    .bind(&job.project)
+                    .bind(&job.display_name)
+                    .bind(&job.environment)
+                    .bind(&job.provider_id)
+                    .bind(&job.provider_kind)
+                    .bind(Json(&job.provider_ref))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_jobs(&self, tenant: &TenantId) -> StoreResult<Vec<JobRecord>> {
+                let rows = sqlx::query_as::<_, JobRow>(
+                    "SELECT tenant_id, job_id, project, display_name, environment, provider_id, \
+                     provider_kind, provider_ref FROM ci_job \
+                     WHERE tenant_id = $1 AND active ORDER BY job_id",
+                )
+                .bind(tenant.as_ref())
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(JobRecord::from).collect())
+            }
+
+            async fn get_job(
+                &self,
+                tenant: &TenantId,
+                job_id: &str,
+            ) -> StoreResult<Option<JobRecord>> {
+                let row = sqlx::query_as::<_, JobRow>(
+                    "SELECT tenant_id, job_id, project, display_name, environment, provider_id, \
+                     provider_kind, provider_ref FROM ci_job \
+                     WHERE tenant_id = $1 AND job_id = $2 AND active",
+                )
+                .bind(tenant.as_ref())
+                .bind(job_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(JobRecord::from))
+            }
+
+            async fn insert_run(
+                &self,
+                run: &NewRun,
+                first: &NewEvent,
+            ) -> StoreResult<InsertOutcome> {
+                let mut tx = self.pool.begin().await?;
+                // DO NOTHING covers the partial unique index on the idempotency key: a second
+                // request with the same key inserts nothing and reads the first one's run.
+                let inserted = sqlx::query(
+                    "INSERT INTO ci_run (run_id, tenant_id, job_id, status, provider_id, \
+                     provider_kind, parameters, idempotency_key, request_fingerprint, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                )
+                .bind(run.run_id.to_string())
+                .bind(run.tenant_id.as_ref())
+                .bind(&run.job_id)
+                .bind(RunStatus::Queued.as_str())
+                .bind(&run.provider_id)
+                .bind(&run.provider_kind)
+                .bind(Json(&run.parameters))
+                .bind(&run.idempotency_key)
+                .bind(&run.request_fingerprint)
+                .bind(run.created_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    tx.rollback().await?;
+                    let key = run.idempotency_key.as_deref().ok_or_else(|| {
+                        StoreError::Corrupt(format!("run id {} inserted twice", run.run_id))
+                    })?;
+                    let existing = self.find_run_by_key(&run.tenant_id, &run.job_id, key).await?;
+                    return existing.map(InsertOutcome::Duplicate).ok_or_else(|| {
+                        StoreError::Corrupt("idempotency conflict without a run".to_owned())
+                    });
+                }
+                sqlx::query(
+                    "INSERT INTO ci_run_event (run_id, seq, kind, data, created_at) \
+                     VALUES ($1, 0, $2, $3, $4)",
+                )
+                .bind(run.run_id.to_string())
+                .bind(first.kind.as_str())
+                .bind(Json(&first.data))
+                .bind(run.created_at)
+                .execute(&mut *tx)
+                .await?;
+                let row = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM ci_run WHERE run_id = $1"
+                )))
+                .bind(run.run_id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(InsertOutcome::Created(row.try_into()?))
+            }
+
+            async fn find_run_by_key(
+                &self,
+                tenant: &TenantId,
+                job_id: &str,
+                key: &str,
+            ) -> StoreResult<Option<RunRecord>> {
+                sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM ci_run \
+                     WHERE tenant_id = $1 AND job_id = $2 AND idempotency_key = $3"
+                )))
+                .bind(tenant.as_ref())
+                .bind(job_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(RunRecord::try_from)
+                .transpose()
+            }
+
+            async fn get_run(
+                &self,
+                tenant: &TenantId,
+                run_id: RunId,
+            ) -> StoreResult<Option<RunRecord>> {
+                sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM ci_run WHERE tenant_id = $1 AND run_id = $2"
+                )))
+                .bind(tenant.as_ref())
+                .bind(run_id.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+                .map(RunRecord::try_from)
+                .transpose()
+            }
+
+            async fn set_provider_run_ref(&self, run_id: RunId, run_ref: &Value) -> StoreResult<()> {
+                sqlx::query("UPDATE ci_run SET provider_run_ref = $2 WHERE run_id = $1")
+                    .bind(run_id.to_string())
+                    .bind(Json(run_ref))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_run(&self, run_id: RunId) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM ci_run_event WHERE run_id = $1")
+                    .bind(run_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM ci_run WHERE run_id = $1")
+                    .bind(run_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn append_events(
+                &self,
+                run_id: RunId,
+                events: &[NewEvent],
+                change: &RunChange,
+            ) -> StoreResult<Vec<EventRecord>> {
+                let id = run_id.to_string();
+                let now = OffsetDateTime::now_utc();
+                let mut tx = self.pool.begin().await?;
+                let next: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(seq), -1) + 1 FROM ci_run_event WHERE run_id = $1",
+                )
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let stored: Vec<EventRecord> = events
+                    .iter()
+                    .zip(next..)
+                    .map(|(e, seq)| EventRecord {
+                        seq,
+                        kind: e.kind,
+                        data: e.data.clone(),
+                        created_at: now,
+                    })
+                    .collect();
+                // Bounded batches keep each statement under the backends' parameter limits.
+                for chunk in stored.chunks(500) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO ci_run_event (run_id, seq, kind, data, created_at) ",
+                    );
+                    insert.push_values(chunk, |mut b, e| {
+                        b.push_bind(&id)
+                            .push_bind(e.seq)
+                            .push_bind(e.kind.as_str())
+                            .push_bind(Json(&e.data))
+                            .push_bind(e.created_at);
+                    });
+                    insert.build().execute(&mut *tx).await?;
+                }
+                sqlx::query(
+                    "UPDATE ci_run SET status = COALESCE($2, status), \
+                     started_at = COALESCE(started_at, $3), \
+                     finished_at = COALESCE(finished_at, $4), \
+                     stream_resume = COALESCE($5, stream_resume), \
+                     ended = (ended OR $6) WHERE run_id = $1",
+                )
+                .bind(&id)
+                .bind(change.status.map(RunStatus::as_str))
+                .bind(change.started_at)
+                .bind(change.finished_at)
+                .bind(change.stream_resume.as_ref().map(Json))
+                .bind(change.ended)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(stored)
+            }
+
+            async fn events_after(
+                &self,
+                run_id: RunId,
+                after: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<EventRecord>> {
+                sqlx::query_as::<_, EventRow>(
+                    "SELECT seq, kind, data, created_at FROM ci_run_event \
+                     WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(run_id.to_string())
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(EventRecord::try_from)
+                .collect()
+            }
+
+            async fn end_event(&self, run_id: RunId) -> StoreResult<Option<EventRecord>> {
+                sqlx::query_as::<_, EventRow>(
+                    "SELECT seq, kind, data, created_at FROM ci_run_event \
+                     WHERE run_id = $1 AND kind = 'end' ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(run_id.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+                .map(EventRecord::try_from)
+                .transpose()
+            }
+
+            async fn open_runs(&self) -> StoreResult<Vec<RunRecord>> {
+                sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM ci_run WHERE NOT ended ORDER BY created_at"
+                )))
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(RunRecord::try_from)
+                .collect()
+            }
+
+            async fn mark_cancel_requested(
+                &self,
+                run_id: RunId,
+                at: OffsetDateTime,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE ci_run SET cancel_requested_at = COALESCE(cancel_requested_at, $2) \
+                     WHERE run_id = $1",
+                )
+                .bind(run_id.to_string())
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite);
+impl_store!(PgStore, sqlx::Postgres);

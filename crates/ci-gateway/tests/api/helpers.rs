@@ -1,0 +1,534 @@
+//! The test harness: a real gateway on port 0 in front of a real simulator over HTTP.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ci_gateway::Application;
+use ci_gateway::config::{
+    ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings, ServerSettings,
+    Settings,
+};
+use concourse_sim::{Job, Pipeline, Role, Script, Simulator, Team, User, World};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Distinctive upstream names: no response may ever contain them.
+pub const TEAM: &str = "team-canary-7f3a";
+pub const PIPELINE: &str = "pipeline-canary-payments";
+pub const USERNAME: &str = "gw-canary-user";
+pub const PASSWORD: &str = "pw-canary-Z9qLk2";
+
+/// The job ids of [`world`], bound to jobs of [`PIPELINE`].
+pub const JOB_OK: &str = "job_payments_build_test";
+pub const JOB_FAIL: &str = "job_payments_deploy";
+pub const JOB_SLOW: &str = "job_payments_integration";
+pub const JOB_PAUSED: &str = "job_payments_docs";
+pub const JOB_DISABLED: &str = "job_payments_release";
+pub const JOB_LONG: &str = "job_payments_long";
+
+/// The log of the succeeding job, in chunks that ignore line boundaries, and its lines.
+pub const OK_CHUNKS: [&str; 6] = [
+    "Compiling payments v1.2.0\n   Compil",
+    "ing ledger v0.4.1\n\x1b[32mFinished\x1b[0m dev [unoptimized] in 3.2s\nrunning 3 tests\r\n",
+    "test ledger::balances ... ok\ntest ✓ ünïcödé ... ok\n",
+    "progress 10%\rprogress 100%\n",
+    "",
+    "test result: ok. 3 passed; 0 failed (no trailing newline)",
+];
+pub const OK_STDERR: &str = "warning: unused variable `x`\n";
+
+/// The lines the succeeding job's log must produce, in order, per stream.
+pub fn ok_stdout_lines() -> Vec<String> {
+    OK_CHUNKS.concat().split('\n').map(str::to_owned).collect()
+}
+
+/// The simulated Concourse of most tests.
+pub fn world() -> World {
+    let ok = Script::new()
+        .log_out(OK_CHUNKS[0])
+        .log_out(OK_CHUNKS[1])
+        .log_err(OK_STDERR)
+        .raw(
+            "mystery-event",
+            "9.9",
+            serde_json::json!({"whatever": true}),
+        )
+        .log_out(OK_CHUNKS[2])
+        .log_out(OK_CHUNKS[3])
+        .log_out(OK_CHUNKS[4])
+        .log_out(OK_CHUNKS[5])
+        .succeed();
+    let fail = Script::new()
+        .log_out("deploying\n")
+        .log_err("error: connection refused\n")
+        .fail();
+    let slow = Script::new()
+        .log_out("started\n")
+        .sleep(Duration::from_secs(120))
+        .succeed();
+    let long = Script::new()
+        .log_out("step 1\n")
+        .sleep(Duration::from_millis(1500))
+        .log_out("step 2\n")
+        .sleep(Duration::from_millis(1500))
+        .log_out("step 3\n")
+        .sleep(Duration::from_millis(1500))
+        .log_out("step 4\n")
+        .succeed();
+    World::new()
+        .first_build_id(i64::from(i32::MAX) + 10)
+        .user(User::new(USERNAME, PASSWORD).role(TEAM, Role::PipelineOperator))
+        .team(
+            Team::new(TEAM).pipeline(
+                Pipeline::new(PIPELINE)
+                    .job(Job::new("build-test", ok))
+                    .job(Job::new("deploy", fail))
+                    .job(Job::new("integration", slow.clone()))
+                    .job(Job::new("docs", slow.clone()).paused(true))
+                    .job(Job::new("release", slow).disable_manual_trigger(true))
+                    .job(Job::new("long", long)),
+            ),
+        )
+}
+
+/// The catalog for [`world`].
+pub fn jobs() -> Vec<JobSettings> {
+    [
+        (JOB_OK, "build-test"),
+        (JOB_FAIL, "deploy"),
+        (JOB_SLOW, "integration"),
+        (JOB_PAUSED, "docs"),
+        (JOB_DISABLED, "release"),
+        (JOB_LONG, "long"),
+    ]
+    .into_iter()
+    .map(|(id, job)| job_settings(id, PIPELINE, job))
+    .collect()
+}
+
+pub fn job_settings(job_id: &str, pipeline: &str, job: &str) -> JobSettings {
+    let mut binding = toml::Table::new();
+    binding.insert("pipeline".into(), pipeline.into());
+    binding.insert("job".into(), job.into());
+    JobSettings {
+        job_id: job_id.to_owned(),
+        project: "payments".to_owned(),
+        display_name: format!("Payments {job}"),
+        environment: Some("test".to_owned()),
+        provider: "ci".to_owned(),
+        binding,
+    }
+}
+
+/// A database for one test: a fresh SQLite file, or a fresh PostgreSQL database when
+/// `CI_GATEWAY_TEST_PG_URL` names a server.
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = match std::env::var("CI_GATEWAY_TEST_PG_URL") {
+            Ok(admin) if !admin.is_empty() => create_pg_database(&admin).await,
+            _ => format!("sqlite://{}", dir.path().join("gateway.db").display()),
+        };
+        TestDb { url, dir }
+    }
+
+    /// Counts the rows of a table, straight from the database.
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        if self.url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&self.url)
+                .await
+                .expect("open sqlite");
+            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await;
+            pool.close().await;
+            n.expect("count")
+        } else {
+            let pool = sqlx::PgPool::connect(&self.url)
+                .await
+                .expect("open postgres");
+            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await;
+            pool.close().await;
+            n.expect("count")
+        }
+    }
+}
+
+async fn create_pg_database(admin_url: &str) -> String {
+    let name = format!(
+        "gw_test_{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    );
+    let pool = sqlx::PgPool::connect(admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("create test database");
+    pool.close().await;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("PG URL with a database name");
+    format!("{base}/{name}")
+}
+
+/// Options for [`spawn_app_with`].
+pub struct Options {
+    pub jobs: Vec<JobSettings>,
+    pub heartbeat_secs: u64,
+    pub password: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jobs: jobs(),
+            heartbeat_secs: 15,
+            password: PASSWORD.to_owned(),
+        }
+    }
+}
+
+/// A running gateway and the simulator behind it.
+pub struct TestApp {
+    pub addr: String,
+    pub sim: Arc<Simulator>,
+    pub db: Arc<TestDb>,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub server: tokio::task::JoinHandle<()>,
+    /// Strings no response may contain.
+    pub secrets: Vec<String>,
+}
+
+/// A response, read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Asserts the standard error shape with `code`.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "body: {}", self.body);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        let ct = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(ct.starts_with("application/json"), "content-type {ct}");
+    }
+}
+
+/// One SSE event as a client sees it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(world(), Options::default()).await
+}
+
+pub async fn spawn_app_with(world: World, options: Options) -> TestApp {
+    let sim = Arc::new(Simulator::start(world).await.expect("start simulator"));
+    let db = Arc::new(TestDb::new().await);
+    start_gateway(sim, db, options)
+        .await
+        .expect("start gateway")
+}
+
+/// Settings for a gateway in front of `sim` on `db`.
+pub fn settings(sim: &Simulator, db: &TestDb, options: &Options) -> Settings {
+    let password_file: PathBuf = db.dir.path().join("password");
+    std::fs::write(&password_file, format!("{}\n", options.password)).expect("password file");
+    let mut providers = BTreeMap::new();
+    providers.insert(
+        "ci".to_owned(),
+        ProviderSettings::Concourse(ConcourseProviderSettings::with_password_file(
+            sim.url(),
+            TEAM.to_owned(),
+            USERNAME.to_owned(),
+            password_file,
+        )),
+    );
+    Settings {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database: DatabaseSettings {
+            url: db.url.clone(),
+            max_connections: 5,
+        },
+        server: ServerSettings {
+            sse_heartbeat_secs: options.heartbeat_secs,
+            ..Default::default()
+        },
+        providers,
+        jobs: options.jobs.clone(),
+    }
+}
+
+/// Starts a gateway on an existing simulator and database (for restarts).
+pub async fn start_gateway(
+    sim: Arc<Simulator>,
+    db: Arc<TestDb>,
+    options: Options,
+) -> anyhow::Result<TestApp> {
+    let app = Application::build(settings(&sim, &db, &options)).await?;
+    let addr = format!("http://{}", app.local_addr());
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(std::future::pending())
+            .await
+            .expect("server failed");
+    });
+    let secrets = vec![
+        sim.url(),
+        sim.addr().to_string(),
+        TEAM.to_owned(),
+        PIPELINE.to_owned(),
+        PASSWORD.to_owned(),
+        USERNAME.to_owned(),
+    ];
+    Ok(TestApp {
+        addr,
+        sim,
+        db,
+        client: reqwest::Client::new(),
+        shutdown,
+        server,
+        secrets,
+    })
+}
+
+impl TestApp {
+    /// Stops the gateway and waits until it has.
+    pub async fn stop(self) -> (Arc<Simulator>, Arc<TestDb>) {
+        self.shutdown.cancel();
+        self.server.await.expect("server task");
+        (self.sim, self.db)
+    }
+
+    /// Fails the test if a response carries an upstream name or credential.
+    pub fn assert_no_leak(&self, what: &str, text: &str) {
+        for secret in &self.secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{what} leaks {secret:?}: {text}"
+            );
+        }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await.expect("body");
+        for (name, value) in &headers {
+            self.assert_no_leak(
+                &format!("header {name}"),
+                value.to_str().unwrap_or_default(),
+            );
+        }
+        self.assert_no_leak("body", &body);
+        assert!(
+            !body.is_empty() || status == StatusCode::NO_CONTENT,
+            "empty body, {status}"
+        );
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn trigger(&self, job_id: &str, body: &Value) -> Reply {
+        self.post_json(&format!("/v1/jobs/{job_id}/runs"), body)
+            .await
+    }
+
+    /// Triggers a run and returns its id, asserting 201.
+    pub async fn trigger_ok(&self, job_id: &str) -> String {
+        let reply = self.trigger(job_id, &serde_json::json!({})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.json()["run"]["run_id"]
+            .as_str()
+            .expect("run_id")
+            .to_owned()
+    }
+
+    pub async fn run(&self, run_id: &str) -> Value {
+        let reply = self.get(&format!("/v1/runs/{run_id}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.json()["run"].clone()
+    }
+
+    pub async fn cancel(&self, run_id: &str) -> Reply {
+        self.send(
+            self.client
+                .post(self.url(&format!("/v1/runs/{run_id}/cancel"))),
+        )
+        .await
+    }
+
+    /// Opens the run's event stream.
+    pub async fn open_events(&self, run_id: &str, last_event_id: Option<&str>) -> EventReader {
+        let mut request = self
+            .client
+            .get(self.url(&format!("/v1/runs/{run_id}/events")));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("events request");
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers().clone();
+        EventReader {
+            headers,
+            stream: Box::pin(response.bytes_stream().eventsource()),
+            secrets: self.secrets.clone(),
+        }
+    }
+
+    /// Reads the whole event stream of a run until `end`, and checks that the server closes it.
+    pub async fn events_until_end(&self, run_id: &str) -> Vec<SseEvent> {
+        let mut reader = self.open_events(run_id, None).await;
+        let events = reader.until_end().await;
+        reader.assert_closed().await;
+        events
+    }
+}
+
+type EventStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// A client of one event stream.
+pub struct EventReader {
+    pub headers: reqwest::header::HeaderMap,
+    stream: EventStream,
+    secrets: Vec<String>,
+}
+
+/// Upper bound for anything a test awaits, so a bug fails the test instead of hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+impl EventReader {
+    /// The next event.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        let item = tokio::time::timeout(PATIENCE, self.stream.next())
+            .await
+            .expect("event in time")?;
+        let e = item.expect("well-formed SSE");
+        for secret in &self.secrets {
+            assert!(
+                !e.data.contains(secret.as_str()),
+                "event leaks {secret}: {}",
+                e.data
+            );
+        }
+        let data = serde_json::from_str(&e.data).expect("event data is JSON");
+        Some(SseEvent {
+            id: e.id,
+            event: e.event,
+            data,
+        })
+    }
+
+    /// Events until (and with) the first matching one.
+    pub async fn until(&mut self, mut stop: impl FnMut(&SseEvent) -> bool) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        while let Some(e) = self.next().await {
+            let done = stop(&e);
+            events.push(e);
+            if done {
+                return events;
+            }
+        }
+        panic!("stream closed early after {events:?}");
+    }
+
+    pub async fn until_end(&mut self) -> Vec<SseEvent> {
+        self.until(|e| e.event == "end").await
+    }
+
+    /// Asserts that the server ends the stream.
+    pub async fn assert_closed(&mut self) {
+        let next = tokio::time::timeout(PATIENCE, self.stream.next())
+            .await
+            .expect("close in time");
+        assert!(next.is_none(), "stream not closed after end: {next:?}");
+    }
+}
+
+/// The statuses a stream carried, in order.
+pub fn statuses(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event == "status")
+        .map(|e| e.data["status"].as_str().expect("status").to_owned())
+        .collect()
+}
+
+/// The log lines of one stream, in order.
+pub fn lines(events: &[SseEvent], stream: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event == "log" && e.data["stream"] == stream)
+        .map(|e| e.data["line"].as_str().expect("line").to_owned())
+        .collect()
+}
+
+/// Asserts that ids are 0, 1, 2, … in order.
+pub fn assert_contiguous_ids(events: &[SseEvent]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.id, i.to_string(), "event {i}: {e:?}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Expiring tokens, an unreachable Concourse, restarts, and catalog changes.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn runs_complete_while_the_concourse_token_expires_every_two_seconds() {
+    let app = spawn_app_with(
+        world().token_ttl(Duration::from_secs(2)),
+        Options::default(),
+    )
+    .await;
+    let logins_at_start = app.sim.logins();
+
+    let first = app.trigger_ok(JOB_LONG).await;
+    let mut reader = app.open_events(&first, None).await;
+    // "step 3" is written about 3 s after the start: the first token has expired by then.
+    reader.until(|e| e.data["line"] == "step 3").await;
+    let ready = app.get("/readyz").await;
+    let second = app.trigger_ok(JOB_OK).await;
+    let first_events = reader.until_end().await;
+    let second_events = app.events_until_end(&second).await;
+
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(statuses(&first_events).last().unwrap(), "succeeded");
+    assert_eq!(statuses(&second_events).last().unwrap(), "succeeded");
+    assert_eq!(app.sim.trigger_requests(), 2, "no trigger sent twice");
+    assert_eq!(app.sim.builds().len(), 2);
+    assert!(
+        app.sim.logins() > logins_at_start,
+        "the gateway logged in again"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_concourse_gives_503_and_stores_nothing() {
+    let app = spawn_app().await;
+    let done = app.trigger_ok(JOB_OK).await;
+    app.events_until_end(&done).await;
+    let runs_before = app.db.count("ci_run").await;
+    // Stop the simulator: its port now refuses connections.
+    app.sim.stop();
+
+    let reply = app
+        .trigger(JOB_OK, &json!({"idempotency_key": "while-down"}))
+        .await;
+    let ready = app.get("/readyz").await;
+
+    reply.assert_error(503, "provider_unavailable");
+    ready.assert_error(503, "not_ready");
+    assert_eq!(app.db.count("ci_run").await, runs_before);
+    assert_eq!(
+        app.run(&done).await["status"],
+        "succeeded",
+        "finished runs stay readable"
+    );
+}
+
+#[tokio::test]
+async fn a_run_in_flight_survives_a_gateway_restart_without_lost_or_repeated_events() {
+    let app = spawn_app().await;
+    let run_id = app.trigger_ok(JOB_LONG).await;
+    let mut reader = app.open_events(&run_id, None).await;
+    let before = reader.until(|e| e.data["line"] == "step 2").await;
+    let (sim, db) = app.stop().await;
+
+    let app = start_gateway(sim, db, Options::default())
+        .await
+        .expect("restart");
+    let mut reader = app
+        .open_events(&run_id, Some(&before.last().unwrap().id))
+        .await;
+    let after = reader.until_end().await;
+
+    let all: Vec<SseEvent> = before.into_iter().chain(after).collect();
+    assert_contiguous_ids(&all);
+    assert_eq!(
+        lines(&all, "stdout"),
+        ["step 1", "step 2", "step 3", "step 4"]
+    );
+    assert_eq!(statuses(&all), ["queued", "running", "succeeded"]);
+    assert_eq!(app.sim.trigger_requests(), 1);
+}
+
+#[tokio::test]
+async fn a_job_removed_from_the_catalog_is_hidden_but_its_runs_stay_readable() {
+    let app = spawn_app().await;
+    let run_id = app.trigger_ok(JOB_FAIL).await;
+    app.events_until_end(&run_id).await;
+    let (sim, db) = app.stop().await;
+    let jobs: Vec<_> = jobs()
+        .into_iter()
+        .filter(|j| j.job_id != JOB_FAIL)
+        .collect();
+
+    let app = start_gateway(
+        sim,
+        db,
+        Options {
+            jobs,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("restart");
+
+    let listed = app.get("/v1/jobs").await.json();
+    assert!(
+        listed["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["job_id"] != JOB_FAIL)
+    );
+    app.trigger(JOB_FAIL, &json!({}))
+        .await
+        .assert_error(404, "job_not_found");
+    assert_eq!(app.run(&run_id).await["status"], "failed");
+    assert_eq!(
+        statuses(&app.events_until_end(&run_id).await),
+        ["queued", "running", "failed"]
+    );
+}
+
+#[tokio::test]
+async fn start_up_fails_fast_with_a_clear_message_on_bad_credentials() {
+    let sim = std::sync::Arc::new(concourse_sim::Simulator::start(world()).await.unwrap());
+    let db = std::sync::Arc::new(TestDb::new().await);
+
+    let err = start_gateway(
+        sim,
+        db,
+        Options {
+            password: "wrong-canary-pw".into(),
+            ..Options::default()
+        },
+    )
+    .await
+    .err()
+    .expect("must not start");
+
+    let message = format!("{err:#}");
+    assert!(message.contains("provider ci"), "{message}");
+    assert!(!message.contains("wrong-canary-pw"), "{message}");
+}

@@ -123,9 +123,14 @@ impl Application {
             .sync_jobs(&TenantId::default_tenant(), &jobs)
             .await
             .context("cannot sync the job catalog")?;
-        let runs = Arc::new(RunService::new(store, providers, CancellationToken::new()));
+        let runs = Arc::new(RunService::new(
+            store,
+            providers,
+            CancellationToken::new(),
+            settings.cluster.clone(),
+        ));
         let resumed = runs
-            .resume_open_runs()
+            .adopt_orphans()
             .await
             .context("cannot resume open runs")?;
         let listener = TcpListener::bind(settings.listen)
@@ -175,9 +180,14 @@ impl Application {
                 token.cancel();
             }
         };
-        axum::serve(self.listener, router(self.state))
+        let maintenance = tokio::spawn(Arc::clone(&self.state.runs).maintain());
+        let served = axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(stop)
-            .await?;
+            .await;
+        // Maintenance gives this replica's leases up once it sees the shutdown.
+        token.cancel();
+        let _ = maintenance.await;
+        served?;
         Ok(())
     }
 }

@@ -27,6 +27,9 @@ pub struct Settings {
     /// HTTP server limits.
     #[serde(default)]
     pub server: ServerSettings,
+    /// How replicas sharing one database divide the background work.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
     /// The provider allowlist: every CI system the gateway may talk to, by name.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
@@ -70,6 +73,34 @@ impl ServerSettings {
     /// The heartbeat interval.
     pub fn sse_heartbeat(&self) -> Duration {
         Duration::from_secs(self.sse_heartbeat_secs.max(1))
+    }
+}
+
+/// Settings for replicas that share a database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// Seconds a replica's claim on a run (or on the maintenance lease) lasts without renewal;
+    /// a replica that dies is replaced after at most this long. Renewed every third of it.
+    pub lease_ttl_secs: u64,
+    /// Delete the log and status events of runs that ended more than this many days ago
+    /// (their run record and final status stay). 0 keeps them forever.
+    pub event_retention_days: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            lease_ttl_secs: 15,
+            event_retention_days: 0,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The lease lifetime.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs.max(1))
     }
 }
 

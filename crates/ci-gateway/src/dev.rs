@@ -13,8 +13,8 @@ use concourse_sim::{Simulator, World};
 
 use crate::app::{Application, shutdown_signal};
 use crate::config::{
-    ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings, ServerSettings,
-    Settings,
+    ClusterSettings, ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings,
+    ServerSettings, Settings,
 };
 
 /// The name of the simulated provider in the allowlist.
@@ -119,6 +119,7 @@ pub async fn build(listen: SocketAddr) -> anyhow::Result<DevGateway> {
             max_connections: 5,
         },
         server: ServerSettings::default(),
+        cluster: ClusterSettings::default(),
         providers,
         jobs,
     };

@@ -17,12 +17,16 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::EventBus;
+use crate::config::ClusterSettings;
 use crate::domain::{IdempotencyKey, RunId, RunStatus, TenantId};
 use crate::http::error::ApiError;
 use crate::provider::{CiProvider, EventBatch, ProviderError, ProviderEvent};
 use crate::store::{
-    EventKind, InsertOutcome, JobRecord, NewEvent, NewRun, RunChange, RunRecord, Store,
+    EventKind, InsertOutcome, JobRecord, NewEvent, NewRun, RunChange, RunRecord, Store, StoreError,
 };
+
+/// The lease whose holder does the cluster's background work.
+const MAINTENANCE_LEASE: &str = "maintenance";
 
 /// The providers of the allowlist, by name.
 pub type Providers = HashMap<String, Arc<dyn CiProvider>>;
@@ -57,6 +61,10 @@ pub struct RunService {
     ingesting: Mutex<HashSet<RunId>>,
     /// Cancelled on shutdown: ingesters and streams stop; the store keeps where they were.
     pub shutdown: CancellationToken,
+    /// This process's name in leases: unique per start.
+    replica: String,
+    /// Lease lifetimes and retention.
+    cluster: ClusterSettings,
 }
 
 /// A digest of the parts of a trigger request that must match for a retry to be the same request.
@@ -76,14 +84,31 @@ fn status_event(status: RunStatus) -> NewEvent {
 
 impl RunService {
     /// Builds the service; call [`RunService::resume_open_runs`] to pick up unfinished runs.
-    pub fn new(store: Arc<dyn Store>, providers: Providers, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        providers: Providers,
+        shutdown: CancellationToken,
+        cluster: ClusterSettings,
+    ) -> Self {
         RunService {
             store,
             providers,
             bus: Arc::new(EventBus::default()),
             ingesting: Mutex::new(HashSet::new()),
             shutdown,
+            replica: format!("replica-{}", ulid::Ulid::generate()),
+            cluster,
         }
+    }
+
+    /// This process's name in leases.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// When a lease taken now runs out.
+    fn lease_until(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + self.cluster.lease_ttl()
     }
 
     /// The providers, for readiness checks.
@@ -123,14 +148,13 @@ impl RunService {
                 Err(ApiError::IdempotencyKeyReused)
             }
         };
-        if let Some(key) = &request.idempotency_key {
-            if let Some(run) = self
+        if let Some(key) = &request.idempotency_key
+            && let Some(run) = self
                 .store
                 .find_run_by_key(tenant, &job.job_id, key.as_ref())
                 .await?
-            {
-                return same_request(run);
-            }
+        {
+            return same_request(run);
         }
         // No job takes parameters until jobs can declare them: refuse rather than drop them.
         if !request.parameters.is_empty() {
@@ -152,6 +176,8 @@ impl RunService {
             idempotency_key: request.idempotency_key.map(|k| k.as_ref().to_owned()),
             request_fingerprint: fingerprint.clone(),
             created_at: OffsetDateTime::now_utc(),
+            ingest_owner: self.replica.clone(),
+            lease_until: self.lease_until(),
         };
         let mut run = match self
             .store
@@ -228,7 +254,7 @@ impl RunService {
         };
         let stored = self
             .store
-            .append_events(run.run_id, &events, &change)
+            .append_events(run.run_id, &self.replica, &events, &change)
             .await?;
         if let Some(last) = stored.last() {
             self.bus.publish(run.run_id, last.seq);
@@ -237,25 +263,105 @@ impl RunService {
         Ok(())
     }
 
-    /// Starts an ingester for every run that has not ended (after a restart).
+    /// Starts an ingester for every run that no live replica follows (after a restart, or
+    /// when another replica died), and settles runs whose submission never completed.
     ///
     /// # Errors
     /// When the store cannot list them.
-    pub async fn resume_open_runs(self: &Arc<Self>) -> Result<usize, ApiError> {
-        let open = self.store.open_runs().await?;
-        let mut resumed = 0;
-        for run in open {
-            if run.provider_run_ref.is_some() {
-                self.watch(run);
-                resumed += 1;
-            } else if OffsetDateTime::now_utc() - run.created_at > time::Duration::minutes(2) {
-                // Accepted, but the process stopped before the provider answered: nobody can
-                // tell whether it started, so say so instead of leaving it queued forever.
+    pub async fn adopt_orphans(self: &Arc<Self>) -> Result<usize, ApiError> {
+        let now = OffsetDateTime::now_utc();
+        let mut adopted = 0;
+        for run in self.store.orphaned_runs(now).await? {
+            if self.is_ingesting(run.run_id) {
+                continue;
+            }
+            self.watch(run);
+            adopted += 1;
+        }
+        // Accepted, but the replica stopped before the provider answered: nobody can tell
+        // whether it started, so say so instead of leaving it queued forever.
+        let stale = now - time::Duration::minutes(2);
+        for run in self.store.open_runs().await? {
+            if run.provider_run_ref.is_none()
+                && run.created_at < stale
+                && self
+                    .store
+                    .claim_run(run.run_id, &self.replica, self.lease_until(), now)
+                    .await?
+            {
                 tracing::warn!(run_id = %run.run_id, "run was never confirmed by its provider");
                 self.finish(&run, RunStatus::Unknown).await?;
             }
         }
-        Ok(resumed)
+        Ok(adopted)
+    }
+
+    /// The cluster's background work, on whichever replica holds the maintenance lease: adopt
+    /// runs whose replica died, and prune old events. Every replica also renews the leases of
+    /// the runs it follows. Runs until shutdown, then gives the leases up.
+    pub async fn maintain(self: Arc<Self>) {
+        let period = self.cluster.lease_ttl() / 3;
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.maintenance_pass().await {
+                tracing::warn!(error = %e, "maintenance pass failed");
+            }
+        }
+        self.release_leases().await;
+    }
+
+    /// One round of [`RunService::maintain`]; returns whether this replica led it.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn maintenance_pass(self: &Arc<Self>) -> Result<bool, ApiError> {
+        let until = self.lease_until();
+        self.store.renew_run_leases(&self.replica, until).await?;
+        let now = OffsetDateTime::now_utc();
+        if !self
+            .store
+            .acquire_lease(MAINTENANCE_LEASE, &self.replica, until, now)
+            .await?
+        {
+            return Ok(false);
+        }
+        let adopted = self.adopt_orphans().await?;
+        if adopted > 0 {
+            tracing::info!(adopted, "adopted runs no replica followed");
+        }
+        if self.cluster.event_retention_days > 0 {
+            let days = i64::try_from(self.cluster.event_retention_days).unwrap_or(i64::MAX);
+            let cutoff = now - time::Duration::days(days.min(100_000));
+            let pruned = self.store.prune_events(cutoff).await?;
+            if pruned > 0 {
+                tracing::info!(pruned, "pruned old run events");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Gives up this replica's leases, so that others (or this one restarted) take over at once.
+    pub async fn release_leases(&self) {
+        if let Err(e) = self.store.release_run_leases(&self.replica).await {
+            tracing::warn!(error = %e, "cannot release run leases");
+        }
+        if let Err(e) = self
+            .store
+            .release_lease(MAINTENANCE_LEASE, &self.replica)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot release the maintenance lease");
+        }
+    }
+
+    fn is_ingesting(&self, run_id: RunId) -> bool {
+        self.ingesting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&run_id)
     }
 
     /// Makes sure the run has an ingester in this process.
@@ -283,6 +389,19 @@ impl RunService {
         let Some(run_ref) = run.provider_run_ref.clone() else {
             return;
         };
+        let now = OffsetDateTime::now_utc();
+        match self
+            .store
+            .claim_run(run.run_id, &self.replica, self.lease_until(), now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return, // another replica follows it
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim the run; the maintenance pass retries");
+                return;
+            }
+        }
         let Ok(provider) = self.provider(&run.provider_id).cloned() else {
             tracing::error!(provider = %run.provider_id, "run's provider is not configured");
             return;
@@ -311,6 +430,10 @@ impl RunService {
                     if let Err(e) = self.finish(&run, status).await {
                         tracing::error!(error = %e, "cannot store the end of a vanished run");
                     }
+                    return;
+                }
+                Err(IngestError::Lost) => {
+                    tracing::info!("another replica follows this run now");
                     return;
                 }
                 Err(IngestError::Retry(e)) => {
@@ -422,9 +545,12 @@ impl RunService {
         change.stream_resume = next.resume.clone();
         let stored = self
             .store
-            .append_events(run.run_id, &events, &change)
+            .append_events(run.run_id, &self.replica, &events, &change)
             .await
-            .map_err(|e| IngestError::Retry(e.to_string()))?;
+            .map_err(|e| match e {
+                StoreError::LeaseLost => IngestError::Lost,
+                other => IngestError::Retry(other.to_string()),
+            })?;
         *state = next;
         if let Some(last) = stored.last() {
             self.bus.publish(run.run_id, last.seq);
@@ -485,6 +611,8 @@ enum IngestError {
     Retry(String),
     /// The run does not exist upstream any more.
     Gone(String),
+    /// Another replica took the run over.
+    Lost,
 }
 
 impl From<ProviderError> for IngestError {

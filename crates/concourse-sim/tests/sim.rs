@@ -695,7 +695,14 @@ async fn events_of_a_paused_job_send_no_headers_until_it_starts() {
         .expect("json");
     assert_eq!(job["next_build"]["status"], "pending");
 
-    h.sim.set_job_paused("main", "app", "held", false);
+    let unpaused = h
+        .call(
+            Method::PUT,
+            "/api/v1/teams/main/pipelines/app/jobs/held/unpause",
+            Some(&token),
+        )
+        .await;
+    assert_eq!(unpaused.status(), 200);
 
     let mut events = tokio::time::timeout(PATIENCE, pending)
         .await
@@ -989,6 +996,17 @@ async fn pipeline_instances_are_selected_with_json_vars() {
         .await
         .expect("json");
     assert_eq!(pipeline["paused"], true);
+    h.sim.set_job_paused("main", "branch", "smoke", true);
+    let job: Value = h
+        .get(
+            &format!("{base}/jobs/smoke?vars.branch=%22main%22"),
+            Some(&token),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(job["paused"], true);
     let archived_pause = h
         .call(
             Method::PUT,

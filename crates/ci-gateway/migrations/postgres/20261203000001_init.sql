@@ -30,6 +30,8 @@ CREATE TABLE ci_run (
     finished_at         TIMESTAMPTZ,
     cancel_requested_at TIMESTAMPTZ,
     stream_resume       JSONB,                  -- where the provider's event stream resumes
+    ingest_owner        TEXT,                   -- the replica that follows its provider stream
+    ingest_lease_until  TIMESTAMPTZ ,                   -- ... until then, unless it renews
     ended               BOOLEAN     NOT NULL DEFAULT FALSE, -- true once the `end` event is stored
     FOREIGN KEY (tenant_id, job_id) REFERENCES ci_job (tenant_id, job_id)
 );
@@ -46,4 +48,11 @@ CREATE TABLE ci_run_event (
     data       JSONB       NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (run_id, seq)
+);
+
+-- Leases for background work that one replica at a time must do (name → holder until expiry).
+CREATE TABLE ci_lease (
+    name       TEXT NOT NULL PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
 );

@@ -30,6 +30,8 @@ CREATE TABLE ci_run (
     finished_at         TEXT,
     cancel_requested_at TEXT,
     stream_resume       TEXT,                   -- JSON; where the provider's event stream resumes
+    ingest_owner        TEXT,                   -- the replica that follows its provider stream
+    ingest_lease_until  TEXT        ,                   -- ... until then, unless it renews
     ended               BOOLEAN NOT NULL DEFAULT FALSE, -- true once the final `end` event is stored
     FOREIGN KEY (tenant_id, job_id) REFERENCES ci_job (tenant_id, job_id)
 );
@@ -46,4 +48,11 @@ CREATE TABLE ci_run_event (
     data       TEXT    NOT NULL,  -- JSON
     created_at TEXT    NOT NULL,
     PRIMARY KEY (run_id, seq)
+);
+
+-- Leases for background work that one replica at a time must do (name → holder until expiry).
+CREATE TABLE ci_lease (
+    name       TEXT NOT NULL PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at TEXT NOT NULL
 );

@@ -87,7 +87,9 @@ impl ApiError {
                 | ProviderError::BadResponse(_)
                 | ProviderError::InvalidRef(_) => StatusCode::BAD_GATEWAY,
             },
-            ApiError::Store(StoreError::Database(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(StoreError::Database(_) | StoreError::LeaseLost) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Store(StoreError::Corrupt(_)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -117,7 +119,7 @@ impl ApiError {
                 | ProviderError::BadResponse(_)
                 | ProviderError::InvalidRef(_) => "provider_error",
             },
-            ApiError::Store(StoreError::Database(_)) => "store_unavailable",
+            ApiError::Store(StoreError::Database(_) | StoreError::LeaseLost) => "store_unavailable",
             ApiError::Store(StoreError::Corrupt(_)) | ApiError::Internal(_) => "internal",
         }
     }
@@ -137,7 +139,7 @@ impl ApiError {
                     .to_owned()
             }
             ApiError::Provider(_) => "the CI provider answered unexpectedly".to_owned(),
-            ApiError::Store(StoreError::Database(_)) => {
+            ApiError::Store(StoreError::Database(_) | StoreError::LeaseLost) => {
                 "the gateway's database is unavailable; retry later".to_owned()
             }
             ApiError::Store(StoreError::Corrupt(_)) | ApiError::Internal(_) => {

@@ -25,6 +25,9 @@ pub enum StoreError {
     /// A stored value cannot be read back (a bug or a hand-edited row).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// This replica no longer holds the run's ingest lease: another replica follows it now.
+    #[error("the run's ingest lease is held by another replica")]
+    LeaseLost,
 }
 
 /// Shorthand for store results.
@@ -109,6 +112,10 @@ pub struct NewRun {
     pub request_fingerprint: String,
     /// Acceptance time.
     pub created_at: OffsetDateTime,
+    /// The replica that accepts it, and so follows its provider stream first.
+    pub ingest_owner: String,
+    /// Until when that replica's claim holds without renewal.
+    pub lease_until: OffsetDateTime,
 }
 
 /// What kind of event a run's stream carries.
@@ -223,14 +230,56 @@ pub trait Store: Send + Sync + 'static {
     /// that the caller's retry with the same idempotency key can try again.
     async fn delete_run(&self, run_id: RunId) -> StoreResult<()>;
 
-    /// Appends events (numbered after the last one) and applies `change`, atomically.
-    /// Returns the stored events.
+    /// Appends events (numbered after the last one) and applies `change`, atomically, if
+    /// `owner` still holds the run's ingest lease. Returns the stored events.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when another replica holds the lease; nothing is written.
     async fn append_events(
         &self,
         run_id: RunId,
+        owner: &str,
         events: &[NewEvent],
         change: &RunChange,
     ) -> StoreResult<Vec<EventRecord>>;
+
+    /// Takes the run's ingest lease for `owner` until `until`, if it is free, expired at `now`,
+    /// or already `owner`'s. Returns whether `owner` holds it.
+    async fn claim_run(
+        &self,
+        run_id: RunId,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
+
+    /// Extends every ingest lease `owner` holds on runs that have not ended.
+    async fn renew_run_leases(&self, owner: &str, until: OffsetDateTime) -> StoreResult<u64>;
+
+    /// Gives up every ingest lease `owner` holds (on a clean shutdown), so another replica, or
+    /// this one restarted, takes the runs over at once.
+    async fn release_run_leases(&self, owner: &str) -> StoreResult<u64>;
+
+    /// Runs that have not ended, were accepted by their provider, and that no live replica
+    /// follows: never claimed, or their lease expired at `now`.
+    async fn orphaned_runs(&self, now: OffsetDateTime) -> StoreResult<Vec<RunRecord>>;
+
+    /// Takes or renews the named lease for `holder` until `until`, if it is free, expired at
+    /// `now`, or already `holder`'s. Returns whether `holder` holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
+
+    /// Gives up the named lease if `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+
+    /// Deletes the log and status events of runs that ended before `cutoff`, keeping each
+    /// run's row and its `end` event. Returns how many events went.
+    async fn prune_events(&self, cutoff: OffsetDateTime) -> StoreResult<u64>;
 
     /// Up to `limit` events with `seq > after`, in order.
     async fn events_after(

@@ -276,8 +276,10 @@ macro_rules! impl_store {
                 // request with the same key inserts nothing and reads the first one's run.
                 let inserted = sqlx::query(
                     "INSERT INTO ci_run (run_id, tenant_id, job_id, status, provider_id, \
-                     provider_kind, parameters, idempotency_key, request_fingerprint, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                     provider_kind, parameters, idempotency_key, request_fingerprint, created_at, \
+                     ingest_owner, ingest_lease_until) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT DO NOTHING",
                 )
                 .bind(run.run_id.to_string())
                 .bind(run.tenant_id.as_ref())
@@ -289,6 +291,8 @@ macro_rules! impl_store {
                 .bind(&run.idempotency_key)
                 .bind(&run.request_fingerprint)
                 .bind(run.created_at)
+                .bind(&run.ingest_owner)
+                .bind(run.lease_until)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -383,6 +387,7 @@ macro_rules! impl_store {
             async fn append_events(
                 &self,
                 run_id: RunId,
+                owner: &str,
                 events: &[NewEvent],
                 change: &RunChange,
             ) -> StoreResult<Vec<EventRecord>> {
@@ -419,12 +424,12 @@ macro_rules! impl_store {
                     });
                     insert.build().execute(&mut *tx).await?;
                 }
-                sqlx::query(
+                let updated = sqlx::query(
                     "UPDATE ci_run SET status = COALESCE($2, status), \
                      started_at = COALESCE(started_at, $3), \
                      finished_at = COALESCE(finished_at, $4), \
                      stream_resume = COALESCE($5, stream_resume), \
-                     ended = (ended OR $6) WHERE run_id = $1",
+                     ended = (ended OR $6) WHERE run_id = $1 AND ingest_owner = $7",
                 )
                 .bind(&id)
                 .bind(change.status.map(RunStatus::as_str))
@@ -432,8 +437,15 @@ macro_rules! impl_store {
                 .bind(change.finished_at)
                 .bind(change.stream_resume.as_ref().map(Json))
                 .bind(change.ended)
+                .bind(owner)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    // Fenced: a replica that lost the lease must not add to the stream.
+                    tx.rollback().await?;
+                    return Err(StoreError::LeaseLost);
+                }
                 tx.commit().await?;
                 Ok(stored)
             }
@@ -481,6 +493,107 @@ macro_rules! impl_store {
                 .collect()
             }
 
+            async fn claim_run(
+                &self,
+                run_id: RunId,
+                owner: &str,
+                until: OffsetDateTime,
+                now: OffsetDateTime,
+            ) -> StoreResult<bool> {
+                let claimed = sqlx::query(
+                    "UPDATE ci_run SET ingest_owner = $2, ingest_lease_until = $3 \
+                     WHERE run_id = $1 AND NOT ended AND (ingest_owner IS NULL \
+                     OR ingest_owner = $2 OR ingest_lease_until IS NULL OR ingest_lease_until < $4)",
+                )
+                .bind(run_id.to_string())
+                .bind(owner)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(claimed == 1)
+            }
+
+            async fn renew_run_leases(&self, owner: &str, until: OffsetDateTime) -> StoreResult<u64> {
+                Ok(sqlx::query(
+                    "UPDATE ci_run SET ingest_lease_until = $2 WHERE ingest_owner = $1 AND NOT ended",
+                )
+                .bind(owner)
+                .bind(until)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn release_run_leases(&self, owner: &str) -> StoreResult<u64> {
+                Ok(sqlx::query(
+                    "UPDATE ci_run SET ingest_owner = NULL, ingest_lease_until = NULL \
+                     WHERE ingest_owner = $1 AND NOT ended",
+                )
+                .bind(owner)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
+            async fn orphaned_runs(&self, now: OffsetDateTime) -> StoreResult<Vec<RunRecord>> {
+                sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {RUN_COLUMNS} FROM ci_run WHERE NOT ended \
+                     AND provider_run_ref IS NOT NULL AND (ingest_owner IS NULL \
+                     OR ingest_lease_until IS NULL OR ingest_lease_until < $1) ORDER BY created_at"
+                )))
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(RunRecord::try_from)
+                .collect()
+            }
+
+            async fn acquire_lease(
+                &self,
+                name: &str,
+                holder: &str,
+                until: OffsetDateTime,
+                now: OffsetDateTime,
+            ) -> StoreResult<bool> {
+                let held = sqlx::query(
+                    "INSERT INTO ci_lease (name, holder, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     expires_at = excluded.expires_at \
+                     WHERE ci_lease.holder = excluded.holder OR ci_lease.expires_at < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(held == 1)
+            }
+
+            async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM ci_lease WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn prune_events(&self, cutoff: OffsetDateTime) -> StoreResult<u64> {
+                Ok(sqlx::query(
+                    "DELETE FROM ci_run_event WHERE kind <> 'end' AND run_id IN \
+                     (SELECT run_id FROM ci_run WHERE ended AND finished_at < $1)",
+                )
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
             async fn mark_cancel_requested(
                 &self,
                 run_id: RunId,
@@ -502,3 +615,131 @@ macro_rules! impl_store {
 
 impl_store!(SqliteStore, sqlx::Sqlite);
 impl_store!(PgStore, sqlx::Postgres);
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::TenantId;
+
+    async fn store() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        (SqliteStore::connect(&url, 2).await.unwrap(), dir)
+    }
+
+    async fn new_run(store: &SqliteStore, owner: &str) -> RunId {
+        let tenant = TenantId::default_tenant();
+        let job = JobRecord {
+            tenant_id: "default".into(),
+            job_id: "job_a".into(),
+            project: "p".into(),
+            display_name: "A".into(),
+            environment: None,
+            provider_id: "ci".into(),
+            provider_kind: "concourse".into(),
+            provider_ref: json!({}),
+        };
+        store.sync_jobs(&tenant, &[job]).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let run = NewRun {
+            run_id: RunId::generate(),
+            tenant_id: tenant,
+            job_id: "job_a".into(),
+            provider_id: "ci".into(),
+            provider_kind: "concourse".into(),
+            parameters: Map::new(),
+            idempotency_key: None,
+            request_fingerprint: "f".into(),
+            created_at: now,
+            ingest_owner: owner.into(),
+            lease_until: now + time::Duration::seconds(30),
+        };
+        let first = NewEvent {
+            kind: EventKind::Status,
+            data: json!({"status": "queued"}),
+        };
+        store.insert_run(&run, &first).await.unwrap();
+        store
+            .set_provider_run_ref(run.run_id, &json!({"build_id": 1}))
+            .await
+            .unwrap();
+        run.run_id
+    }
+
+    #[tokio::test]
+    async fn a_released_run_is_claimed_by_another_replica_which_alone_may_append() {
+        let (store, _dir) = store().await;
+        let run = new_run(&store, "a").await;
+        let log = [NewEvent {
+            kind: EventKind::Log,
+            data: json!({"line": "x"}),
+        }];
+        let now = OffsetDateTime::now_utc();
+        let later = now + time::Duration::seconds(30);
+
+        assert!(
+            store
+                .append_events(run, "a", &log, &RunChange::default())
+                .await
+                .is_ok()
+        );
+        assert!(
+            !store.claim_run(run, "b", later, now).await.unwrap(),
+            "lease held by a"
+        );
+        assert!(store.orphaned_runs(now).await.unwrap().is_empty());
+        assert_eq!(store.release_run_leases("a").await.unwrap(), 1);
+        assert_eq!(store.orphaned_runs(now).await.unwrap().len(), 1);
+        assert!(store.claim_run(run, "b", later, now).await.unwrap());
+
+        let fenced = store
+            .append_events(run, "a", &log, &RunChange::default())
+            .await;
+        let stored = store
+            .append_events(run, "b", &log, &RunChange::default())
+            .await
+            .unwrap();
+
+        assert!(matches!(fenced, Err(StoreError::LeaseLost)), "{fenced:?}");
+        assert_eq!(stored[0].seq, 2);
+        assert!(store.orphaned_runs(now).await.unwrap().is_empty());
+        // An expired lease can be taken over.
+        let much_later = later + time::Duration::seconds(1);
+        assert!(
+            store
+                .claim_run(
+                    run,
+                    "c",
+                    much_later + time::Duration::seconds(30),
+                    much_later
+                )
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_maintenance_lease_has_one_holder_until_it_expires_or_is_released() {
+        let (store, _dir) = store().await;
+        let now = OffsetDateTime::now_utc();
+        let until = now + time::Duration::seconds(10);
+
+        assert!(store.acquire_lease("m", "a", until, now).await.unwrap());
+        assert!(
+            store.acquire_lease("m", "a", until, now).await.unwrap(),
+            "renewal"
+        );
+        assert!(!store.acquire_lease("m", "b", until, now).await.unwrap());
+        let after = until + time::Duration::seconds(1);
+        assert!(
+            store
+                .acquire_lease("m", "b", after + time::Duration::seconds(10), after)
+                .await
+                .unwrap()
+        );
+        store.release_lease("m", "b").await.unwrap();
+        assert!(store.acquire_lease("m", "a", until, now).await.unwrap());
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ci_gateway::Application;
 use ci_gateway::config::{
-    ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings, ServerSettings,
-    Settings,
+    ClusterSettings, ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings,
+    ServerSettings, Settings,
 };
 use concourse_sim::{Job, Pipeline, Role, Script, Simulator, Team, User, World};
 use eventsource_stream::Eventsource;
@@ -191,6 +191,7 @@ pub struct Options {
     pub jobs: Vec<JobSettings>,
     pub heartbeat_secs: u64,
     pub password: String,
+    pub lease_ttl_secs: u64,
 }
 
 impl Default for Options {
@@ -199,6 +200,7 @@ impl Default for Options {
             jobs: jobs(),
             heartbeat_secs: 15,
             password: PASSWORD.to_owned(),
+            lease_ttl_secs: 15,
         }
     }
 }
@@ -260,7 +262,15 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(world(), Options::default()).await
 }
 
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    }
+}
+
 pub async fn spawn_app_with(world: World, options: Options) -> TestApp {
+    init_logs();
     let sim = Arc::new(Simulator::start(world).await.expect("start simulator"));
     let db = Arc::new(TestDb::new().await);
     start_gateway(sim, db, options)
@@ -291,6 +301,10 @@ pub fn settings(sim: &Simulator, db: &TestDb, options: &Options) -> Settings {
         server: ServerSettings {
             sse_heartbeat_secs: options.heartbeat_secs,
             ..Default::default()
+        },
+        cluster: ClusterSettings {
+            lease_ttl_secs: options.lease_ttl_secs,
+            event_retention_days: 0,
         },
         providers,
         jobs: options.jobs.clone(),

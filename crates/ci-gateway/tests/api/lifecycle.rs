@@ -56,7 +56,7 @@ async fn a_triggered_run_goes_queued_running_succeeded_with_every_log_line_in_or
         ("end", &json!({"status": "succeeded"}))
     );
     // Logs come between running and the final status.
-    let pos = |pred: &dyn Fn(&SseEvent) -> bool| events.iter().position(|e| pred(e)).unwrap();
+    let pos = |pred: &dyn Fn(&SseEvent) -> bool| events.iter().position(pred).unwrap();
     let running = pos(&|e| e.data["status"] == "running");
     let first_log = pos(&|e| e.event == "log");
     let done = pos(&|e| e.data["status"] == "succeeded");

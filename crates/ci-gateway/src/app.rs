@@ -136,7 +136,13 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        tracing::info!(jobs = jobs.len(), resumed, addr = %listener.local_addr()?, "gateway ready");
+        tracing::info!(
+            jobs = jobs.len(),
+            resumed,
+            replica = runs.replica(),
+            addr = %listener.local_addr()?,
+            "gateway ready"
+        );
         let state = AppState {
             runs,
             server: Arc::new(settings.server.clone()),

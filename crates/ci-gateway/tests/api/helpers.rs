@@ -167,6 +167,34 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The holder of a named lease, straight from the database.
+    pub async fn lease_holder(&self, name: &str) -> Option<String> {
+        let sql = "SELECT holder FROM ci_lease WHERE name = $1";
+        if self.url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&self.url)
+                .await
+                .expect("open sqlite");
+            let h = sqlx::query_scalar(sql)
+                .bind(name)
+                .fetch_optional(&pool)
+                .await;
+            pool.close().await;
+            h.expect("lease holder")
+        } else {
+            let pool = sqlx::PgPool::connect(&self.url)
+                .await
+                .expect("open postgres");
+            let h = sqlx::query_scalar(sql)
+                .bind(name)
+                .fetch_optional(&pool)
+                .await;
+            pool.close().await;
+            h.expect("lease holder")
+        }
+    }
+}
+
 async fn create_pg_database(admin_url: &str) -> String {
     let name = format!(
         "gw_test_{}",
@@ -311,6 +339,18 @@ pub fn settings(sim: &Simulator, db: &TestDb, options: &Options) -> Settings {
     }
 }
 
+/// The strings no response may contain: the simulator's address and every upstream name.
+fn secrets(sim: &Simulator) -> Vec<String> {
+    vec![
+        sim.url(),
+        sim.addr().to_string(),
+        TEAM.to_owned(),
+        PIPELINE.to_owned(),
+        PASSWORD.to_owned(),
+        USERNAME.to_owned(),
+    ]
+}
+
 /// Starts a gateway on an existing simulator and database (for restarts).
 pub async fn start_gateway(
     sim: Arc<Simulator>,
@@ -325,14 +365,7 @@ pub async fn start_gateway(
             .await
             .expect("server failed");
     });
-    let secrets = vec![
-        sim.url(),
-        sim.addr().to_string(),
-        TEAM.to_owned(),
-        PIPELINE.to_owned(),
-        PASSWORD.to_owned(),
-        USERNAME.to_owned(),
-    ];
+    let secrets = secrets(&sim);
     Ok(TestApp {
         addr,
         sim,
@@ -345,6 +378,20 @@ pub async fn start_gateway(
 }
 
 impl TestApp {
+    /// A client of a gateway running in another process.
+    pub fn remote(addr: String, sim: Arc<Simulator>, db: Arc<TestDb>) -> TestApp {
+        let secrets = secrets(&sim);
+        TestApp {
+            addr,
+            sim,
+            db,
+            client: reqwest::Client::new(),
+            shutdown: CancellationToken::new(),
+            server: tokio::spawn(async {}),
+            secrets,
+        }
+    }
+
     /// Stops the gateway and waits until it has.
     pub async fn stop(self) -> (Arc<Simulator>, Arc<TestDb>) {
         self.shutdown.cancel();

@@ -5,5 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod binary;
 mod lifecycle;
+mod replicas;
 mod resilience;

@@ -1,0 +1,141 @@
+//! The `ci-gateway` binary itself: `dev`, `check-config`, signals.
+
+use std::process::Stdio;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::helpers::PATIENCE;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ci-gateway");
+
+fn example_config() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ci-gateway.toml")
+}
+
+#[tokio::test]
+async fn dev_mode_serves_example_jobs_end_to_end_and_stops_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ci-gateway dev");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if let Some(rest) = line.split("running at ").nth(1) {
+                return rest.trim().to_owned();
+            }
+        }
+        panic!("dev exited without printing its URL");
+    })
+    .await
+    .expect("URL in time");
+    let client = reqwest::Client::new();
+
+    let ready = client.get(format!("{url}/readyz")).send().await.unwrap();
+    let jobs: serde_json::Value = client
+        .get(format!("{url}/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run: serde_json::Value = client
+        .post(format!("{url}/v1/jobs/job_payments_build_test/runs"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = run["run"]["run_id"].as_str().unwrap();
+    let body = client
+        .get(format!("{url}/v1/runs/{run_id}/events"))
+        .send()
+        .await
+        .unwrap();
+    let text = tokio::time::timeout(PATIENCE, body.text())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert!(
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["job_id"] == "job_payments_build_test")
+    );
+    assert!(
+        text.contains("event: end\ndata: {\"status\":\"succeeded\"}"),
+        "{text}"
+    );
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exit in time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn check_config_accepts_the_example_and_names_what_is_wrong() {
+    let ok = Command::new(BIN)
+        .args(["check-config"])
+        .arg(example_config())
+        .env("CONCOURSE_PASSWORD", "example")
+        .output()
+        .await
+        .unwrap();
+    let missing_secret = Command::new(BIN)
+        .args(["check-config"])
+        .arg(example_config())
+        .env_remove("CONCOURSE_PASSWORD")
+        .output()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example_config()).unwrap().replace(
+        "provider = \"ci-main\"\nbinding = { pipeline = \"payments\"",
+        "provider = \"elsewhere\"\nbinding = { pipeline = \"payments\"",
+    );
+    std::fs::write(&bad, text).unwrap();
+    let unknown_provider = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&bad)
+        .env("CONCOURSE_PASSWORD", "x")
+        .output()
+        .await
+        .unwrap();
+
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK (1 provider(s), 2 job(s))"));
+    assert!(!missing_secret.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing_secret.stderr).contains("CONCOURSE_PASSWORD is not set")
+    );
+    assert!(!unknown_provider.status.success());
+    let err = String::from_utf8_lossy(&unknown_provider.stderr);
+    assert!(
+        err.contains("job_payments_build_test") && err.contains("allowlist"),
+        "{err}"
+    );
+}

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::types::Json;
+use sqlx::{ConnectOptions, Connection};
 use time::OffsetDateTime;
 
 use super::{
@@ -79,6 +80,14 @@ impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgStore> {
         // The URL may carry a password: never put it in an error.
         let options = PgConnectOptions::from_str(url).context("invalid PostgreSQL database URL")?;
+        // One direct attempt first: the pool would keep retrying a refused connection until its
+        // acquire timeout, and start-up should say at once that the server is not there.
+        let probe = tokio::time::timeout(Duration::from_secs(10), options.connect()).await;
+        match probe {
+            Ok(Ok(conn)) => conn.close().await.context("cannot connect to PostgreSQL")?,
+            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("cannot connect to PostgreSQL")),
+            Err(_) => anyhow::bail!("cannot connect to PostgreSQL: no answer within 10 s"),
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))

@@ -139,3 +139,69 @@ async fn check_config_accepts_the_example_and_names_what_is_wrong() {
         "{err}"
     );
 }
+
+/// Runs `ci-gateway serve` on a config whose database URL is `url`; returns (success, stderr).
+async fn serve_with_database(url: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n[providers.ci]\nkind = \"concourse\"\n\
+             url = \"http://127.0.0.1:9\"\nteam = \"main\"\nusername = \"gw\"\npassword_env = \"GW_TEST_PW\"\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        PATIENCE,
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("GW_TEST_PW", "pw")
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn bad_unreachable_or_newer_databases_stop_start_up_with_a_clear_message() {
+    let (ok, bad_url) = serve_with_database("mysql://nope").await;
+    assert!(
+        !ok && bad_url.contains("must start with sqlite: or postgres:"),
+        "{bad_url}"
+    );
+
+    let (ok, unreachable) = serve_with_database("postgres://gw:s3cret-canary@127.0.0.1:1/gw").await;
+    assert!(
+        !ok && unreachable.contains("cannot connect to PostgreSQL"),
+        "{unreachable}"
+    );
+    assert!(
+        !unreachable.contains("s3cret-canary"),
+        "the URL's password leaked: {unreachable}"
+    );
+    assert!(!unreachable.contains("panicked"), "{unreachable}");
+
+    let db = crate::helpers::TestDb::new().await;
+    ci_gateway::store::connect(&db.url, 1)
+        .await
+        .expect("create the schema");
+    let checksum = if db.url.starts_with("sqlite:") {
+        "x'00'"
+    } else {
+        "decode('00', 'hex')"
+    };
+    db.execute(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99991231000000, 'from the future', TRUE, {checksum}, 0)"
+    ))
+    .await;
+    let (ok, newer) = serve_with_database(&db.url).await;
+    assert!(!ok && newer.contains("newer than this binary"), "{newer}");
+}

@@ -168,6 +168,24 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// Runs one statement straight on the database.
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&self.url)
+                .await
+                .expect("open sqlite");
+            sqlx::query(sql).execute(&pool).await.expect("execute");
+            pool.close().await;
+        } else {
+            let pool = sqlx::PgPool::connect(&self.url)
+                .await
+                .expect("open postgres");
+            sqlx::query(sql).execute(&pool).await.expect("execute");
+            pool.close().await;
+        }
+    }
+
     /// The holder of a named lease, straight from the database.
     pub async fn lease_holder(&self, name: &str) -> Option<String> {
         let sql = "SELECT holder FROM ci_lease WHERE name = $1";

@@ -125,6 +125,28 @@ pub fn job_settings(job_id: &str, pipeline: &str, job: &str) -> JobSettings {
     }
 }
 
+/// Evaluates `$body` with `$pool` bound to a fresh pool on the test database, whichever the
+/// backend, and closes the pool after.
+macro_rules! on_db {
+    ($db:expr, |$pool:ident| $body:expr) => {{
+        if $db.url.starts_with("sqlite:") {
+            let $pool = sqlx::SqlitePool::connect(&$db.url)
+                .await
+                .expect("open sqlite");
+            let out = $body;
+            $pool.close().await;
+            out
+        } else {
+            let $pool = sqlx::PgPool::connect(&$db.url)
+                .await
+                .expect("open postgres");
+            let out = $body;
+            $pool.close().await;
+            out
+        }
+    }};
+}
+
 /// A database for one test: a fresh SQLite file, or a fresh PostgreSQL database when
 /// `CI_GATEWAY_TEST_PG_URL` names a server.
 pub struct TestDb {
@@ -144,72 +166,29 @@ impl TestDb {
 
     /// Counts the rows of a table, straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        if self.url.starts_with("sqlite:") {
-            let pool = sqlx::SqlitePool::connect(&self.url)
-                .await
-                .expect("open sqlite");
-            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&pool)
-                .await;
-            pool.close().await;
-            n.expect("count")
-        } else {
-            let pool = sqlx::PgPool::connect(&self.url)
-                .await
-                .expect("open postgres");
-            let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&pool)
-                .await;
-            pool.close().await;
-            n.expect("count")
-        }
+        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+        on_db!(self, |pool| sqlx::query_scalar(sql)
+            .fetch_one(&pool)
+            .await
+            .expect("count"))
     }
-}
 
-impl TestDb {
     /// Runs one statement straight on the database.
     pub async fn execute(&self, sql: &str) {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
-        if self.url.starts_with("sqlite:") {
-            let pool = sqlx::SqlitePool::connect(&self.url)
-                .await
-                .expect("open sqlite");
+        on_db!(self, |pool| {
             sqlx::query(sql).execute(&pool).await.expect("execute");
-            pool.close().await;
-        } else {
-            let pool = sqlx::PgPool::connect(&self.url)
-                .await
-                .expect("open postgres");
-            sqlx::query(sql).execute(&pool).await.expect("execute");
-            pool.close().await;
-        }
+        });
     }
 
     /// The holder of a named lease, straight from the database.
     pub async fn lease_holder(&self, name: &str) -> Option<String> {
         let sql = "SELECT holder FROM ci_lease WHERE name = $1";
-        if self.url.starts_with("sqlite:") {
-            let pool = sqlx::SqlitePool::connect(&self.url)
-                .await
-                .expect("open sqlite");
-            let h = sqlx::query_scalar(sql)
-                .bind(name)
-                .fetch_optional(&pool)
-                .await;
-            pool.close().await;
-            h.expect("lease holder")
-        } else {
-            let pool = sqlx::PgPool::connect(&self.url)
-                .await
-                .expect("open postgres");
-            let h = sqlx::query_scalar(sql)
-                .bind(name)
-                .fetch_optional(&pool)
-                .await;
-            pool.close().await;
-            h.expect("lease holder")
-        }
+        on_db!(self, |pool| sqlx::query_scalar(sql)
+            .bind(name)
+            .fetch_optional(&pool)
+            .await
+            .expect("lease holder"))
     }
 }
 
@@ -610,4 +589,15 @@ pub fn assert_contiguous_ids(events: &[SseEvent]) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.id, i.to_string(), "event {i}: {e:?}");
     }
+}
+
+/// Asserts that the events of a run of [`JOB_LONG`], read in pieces, make its whole history:
+/// ids 0, 1, 2, … and every line and status exactly once.
+pub fn assert_whole_long_run(all: Vec<SseEvent>) {
+    assert_contiguous_ids(&all);
+    assert_eq!(
+        lines(&all, "stdout"),
+        ["step 1", "step 2", "step 3", "step 4"]
+    );
+    assert_eq!(statuses(&all), ["queued", "running", "succeeded"]);
 }

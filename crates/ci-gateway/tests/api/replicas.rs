@@ -154,13 +154,7 @@ async fn when_the_lease_holder_dies_the_other_replica_takes_its_runs_and_the_lea
     let after = watcher.until_end().await;
     let new_holder = wait_for_lease_holder(&survivor.app.db, Some(&holder.id)).await;
 
-    let all: Vec<SseEvent> = before.into_iter().chain(after).collect();
-    assert_contiguous_ids(&all);
-    assert_eq!(
-        lines(&all, "stdout"),
-        ["step 1", "step 2", "step 3", "step 4"]
-    );
-    assert_eq!(statuses(&all), ["queued", "running", "succeeded"]);
+    assert_whole_long_run(before.into_iter().chain(after).collect());
     assert_eq!(new_holder, survivor.id);
     assert_eq!(survivor.app.sim.trigger_requests(), 1);
 }

@@ -76,13 +76,7 @@ async fn a_run_in_flight_survives_a_gateway_restart_without_lost_or_repeated_eve
         .await;
     let after = reader.until_end().await;
 
-    let all: Vec<SseEvent> = before.into_iter().chain(after).collect();
-    assert_contiguous_ids(&all);
-    assert_eq!(
-        lines(&all, "stdout"),
-        ["step 1", "step 2", "step 3", "step 4"]
-    );
-    assert_eq!(statuses(&all), ["queued", "running", "succeeded"]);
+    assert_whole_long_run(before.into_iter().chain(after).collect());
     assert_eq!(app.sim.trigger_requests(), 1);
 }
 

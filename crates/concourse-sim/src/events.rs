@@ -118,6 +118,9 @@ pub(crate) async fn build_events(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    shared
+        .event_stream_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (index, changed) = {
         let world = shared.lock();
         let (index, team, _) = find_build(&world, &uri)?;

@@ -205,6 +205,11 @@ impl Simulator {
         self.shared.trigger_requests.load(Ordering::Relaxed)
     }
 
+    /// Number of build event stream requests received (any outcome).
+    pub fn event_stream_requests(&self) -> usize {
+        self.shared.event_stream_requests.load(Ordering::Relaxed)
+    }
+
     /// Number of successful token grants.
     pub fn logins(&self) -> usize {
         self.shared.logins.load(Ordering::Relaxed)

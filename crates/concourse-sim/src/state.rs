@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) trigger_requests: AtomicUsize,
     /// Successful token grants.
     pub(crate) logins: AtomicUsize,
+    /// Build event stream requests received (any outcome).
+    pub(crate) event_stream_requests: AtomicUsize,
     /// Cancelled when the simulator shuts down; ends streams, runners and the scheduler.
     pub(crate) shutdown: CancellationToken,
 }
@@ -302,6 +304,7 @@ impl Shared {
             tokens: Mutex::new(HashMap::new()),
             trigger_requests: AtomicUsize::new(0),
             logins: AtomicUsize::new(0),
+            event_stream_requests: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
         }
     }

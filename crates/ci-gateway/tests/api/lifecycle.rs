@@ -265,3 +265,21 @@ async fn an_idle_stream_gets_heartbeat_comments() {
     assert!(seen.contains("event: status"), "{seen}");
     assert_eq!(app.run(&run_id).await["status"], "queued");
 }
+
+#[tokio::test]
+async fn many_watchers_share_one_upstream_event_stream() {
+    let app = spawn_app().await;
+    let run_id = app.trigger_ok(JOB_LONG).await;
+
+    let watchers = (0..25).map(|_| app.events_until_end(&run_id));
+    let seen = futures_util::future::join_all(watchers).await;
+
+    for events in &seen {
+        assert_whole_long_run(events.clone());
+    }
+    assert_eq!(
+        app.sim.event_stream_requests(),
+        1,
+        "one upstream stream for 25 watchers"
+    );
+}

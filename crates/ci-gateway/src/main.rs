@@ -38,6 +38,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// List the jobs of a running gateway.
+    Jobs(ci_gateway::cli::JobsArgs),
+    /// Trigger, follow, read, list and cancel runs on a running gateway.
+    Runs(ci_gateway::cli::RunsArgs),
 }
 
 fn init_tracing() {
@@ -72,12 +76,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev { listen } => ci_gateway::dev::run(listen).await,
+        Command::Jobs(_) | Command::Runs(_) => unreachable!("BUG: client commands return early"),
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The client commands print for people and scripts; no log lines.
+    match cli.command {
+        Command::Jobs(args) => return ci_gateway::cli::jobs(args).await,
+        Command::Runs(args) => return ci_gateway::cli::runs(args).await,
+        _ => {}
+    }
     init_tracing();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,5 +5,6 @@
 mod helpers;
 
 mod bad_input;
+mod cli;
 mod lifecycle;
 mod resilience;

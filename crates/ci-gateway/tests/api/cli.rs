@@ -399,3 +399,49 @@ async fn runs_list_sends_the_filters_and_prints_a_table() {
     let page: Value = serde_json::from_str(&as_json.stdout).expect("one JSON document");
     assert_eq!(page["next_cursor"], "page-2");
 }
+
+#[tokio::test]
+async fn a_follower_resumes_across_a_gateway_restart_without_repeating_an_event() {
+    // Arrange: follow a run that logs a line every 1.5 s.
+    let app = spawn_app().await;
+    let addr: std::net::SocketAddr = app
+        .addr
+        .trim_start_matches("http://")
+        .parse()
+        .expect("socket address");
+    let mut follower = Running::spawn(
+        &app.addr,
+        &["runs", "trigger", JOB_LONG, "--follow", "--output", "json"],
+    );
+    let mut lines = follower.json_until(|l| l["data"]["line"] == "step 1").await;
+
+    // Act: stop the gateway (its streams end) and start it again on the same port.
+    let (sim, db) = app.stop().await;
+    let mut settings = settings(&sim, &db, &Options::default());
+    settings.listen = addr;
+    let gateway = ci_gateway::Application::build(settings)
+        .await
+        .expect("restart on the same port");
+    let shutdown = gateway.shutdown_token();
+    let server =
+        tokio::spawn(async move { gateway.run_until_stopped(std::future::pending()).await });
+    let (rest, status) = follower.finish().await;
+    lines.extend(rest);
+    shutdown.cancel();
+    let _ = server.await;
+
+    // Assert: every event once, in order, through to the end.
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    let ids: Vec<String> = lines[1..]
+        .iter()
+        .map(|l| l["id"].as_str().expect("id").to_owned())
+        .collect();
+    let expected: Vec<String> = (0..ids.len()).map(|i| i.to_string()).collect();
+    assert_eq!(ids, expected, "contiguous ids, no repeats");
+    let logged: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["event"] == "log")
+        .map(|l| l["data"]["line"].as_str().expect("line"))
+        .collect();
+    assert_eq!(logged, ["step 1", "step 2", "step 3", "step 4"]);
+}

@@ -427,6 +427,8 @@ impl Printer {
         let status = e.data["status"].as_str().unwrap_or("unknown");
         match e.event.as_str() {
             "status" if status == "queued" => self.spinner.start("queued".to_owned()),
+            // A final status: the end line says it, once.
+            "status" if matches!(status, "succeeded" | "failed" | "canceled" | "errored") => {}
             "status" => {
                 self.spinner.stop();
                 eprintln!("status: {}", self.palette.status(status, status));

@@ -228,8 +228,15 @@ fn emit<T>(output: Output, fetched: &Fetched<T>, human: impl FnOnce(&T) -> Strin
         Output::Human => human(&fetched.value),
     };
     if !text.is_empty() {
-        println!("{text}");
+        out(text);
     }
+}
+
+/// Writes a line to stdout and flushes it; a closed stdout (`| head`) is not worth a panic.
+fn out(line: impl std::fmt::Display) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 /// Prints an error the standard way and returns [`exit::API`].
@@ -306,7 +313,7 @@ async fn runs_command(client: &ApiClient, output: Output, command: RunsCommand) 
             }
             match output {
                 Output::Json => {
-                    println!("{}", json!({ "event": "run", "data": run.body["run"] }));
+                    out(json!({ "event": "run", "data": run.body["run"] }));
                 }
                 Output::Human => eprintln!(
                     "run {} of {} {}",
@@ -379,9 +386,7 @@ fn print_line(data: &Value) {
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{line}");
     } else {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        out(line);
     }
 }
 
@@ -400,7 +405,7 @@ async fn logs(client: &ApiClient, output: Output, run_id: &str) -> u8 {
     match result {
         Ok(_) => {
             if output == Output::Json {
-                println!("{}", json!({ "run_id": run_id, "events": events }));
+                out(json!({ "run_id": run_id, "events": events }));
             }
             exit::SUCCESS
         }
@@ -419,9 +424,7 @@ impl Printer {
     fn event(&mut self, e: &StreamEvent) {
         if self.output == Output::Json {
             self.spinner.stop();
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", e.to_json());
-            let _ = out.flush();
+            out(e.to_json());
             return;
         }
         let status = e.data["status"].as_str().unwrap_or("unknown");

@@ -15,10 +15,12 @@
 //! - [`bus`]: wakes this process's event streams when an ingester stored something.
 //! - [`http`]: routes, handlers, the JSON error shape, the SSE endpoint.
 //! - [`app`]: start-up and shutdown; [`dev`]: the zero-configuration dev mode.
+//! - [`cli`]: the command-line client of the API (`ci-gateway jobs …`, `ci-gateway runs …`).
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod domain;

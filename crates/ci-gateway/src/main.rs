@@ -21,6 +21,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The gateway itself.
+    #[command(flatten)]
+    Server(ServerCommand),
+    /// List the jobs of a running gateway.
+    Jobs(ci_gateway::cli::JobsArgs),
+    /// Trigger, follow, read, list and cancel runs on a running gateway.
+    Runs(ci_gateway::cli::RunsArgs),
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
     /// Run the gateway from a configuration file.
     Serve {
         /// The TOML configuration file.
@@ -52,14 +63,14 @@ fn init_tracing() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve { config } => {
+async fn run(command: ServerCommand) -> anyhow::Result<()> {
+    match command {
+        ServerCommand::Serve { config } => {
             let settings = Settings::load(&config)?;
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
-        Command::CheckConfig { file } => {
+        ServerCommand::CheckConfig { file } => {
             let settings = Settings::load(&file)?;
             let providers = build_providers(&settings, false).await?;
             let jobs = catalog(&settings, &providers)?;
@@ -71,15 +82,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Dev { listen } => ci_gateway::dev::run(listen).await,
+        ServerCommand::Dev { listen } => ci_gateway::dev::run(listen).await,
     }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let server = match Cli::parse().command {
+        // The client commands print for people and scripts: no log lines.
+        Command::Jobs(args) => return ci_gateway::cli::jobs(args).await,
+        Command::Runs(args) => return ci_gateway::cli::runs(args).await,
+        Command::Server(command) => command,
+    };
     init_tracing();
-    match run(cli).await {
+    match run(server).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ci-gateway: error: {e:#}");

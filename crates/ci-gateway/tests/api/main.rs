@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod binary;
+mod cli;
 mod lifecycle;
 mod replicas;
 mod resilience;

@@ -256,8 +256,8 @@ impl RunService {
             .store
             .append_events(run.run_id, &self.replica, &events, &change)
             .await?;
-        if let Some(last) = stored.last() {
-            self.bus.publish(run.run_id, last.seq);
+        if !stored.is_empty() {
+            self.bus.publish(run.run_id, stored.into());
         }
         self.bus.close(run.run_id);
         Ok(())
@@ -552,8 +552,8 @@ impl RunService {
                 other => IngestError::Retry(other.to_string()),
             })?;
         *state = next;
-        if let Some(last) = stored.last() {
-            self.bus.publish(run.run_id, last.seq);
+        if !stored.is_empty() {
+            self.bus.publish(run.run_id, stored.into());
         }
         if ended {
             self.bus.close(run.run_id);

@@ -1,9 +1,10 @@
 //! `GET /v1/runs/{run_id}/events`: a run's events over Server-Sent Events.
 //!
 //! The stream reads the run's stored events after the caller's `Last-Event-ID` (all of them
-//! without one), then waits for more: woken at once by the bus when this process stored them,
-//! and by a short poll for events another replica stored. It ends with the `end` event once the
-//! run is over. A comment heartbeat keeps idle connections alive through proxies.
+//! without one) from the store, then takes new ones as this process's ingester hands them over
+//! on the bus, and polls the store briefly for those another replica stored. It ends with the
+//! `end` event once the run is over. A comment heartbeat keeps idle connections alive through
+//! proxies.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -15,12 +16,14 @@ use axum::http::HeaderMap;
 use axum::http::header::{CACHE_CONTROL, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::watch;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::PathParam;
 use super::handlers::load_run;
+use crate::bus::Batch;
 use crate::domain::RunId;
 use crate::runs::RunService;
 use crate::store::{EventKind, EventRecord};
@@ -54,13 +57,14 @@ pub async fn run_events(
     let after = last_event_id(&headers)?;
     let run = load_run(&state, &run_id).await?;
     // Subscribe before the first read, so nothing stored in between goes unnoticed.
-    let wake = state.runs.bus.subscribe(run.run_id);
+    let live = state.runs.bus.subscribe(run.run_id);
     let tail = Tail {
         runs: Arc::clone(&state.runs),
         run_id: run.run_id,
         cursor: after,
         pending: VecDeque::new(),
-        wake: Some(wake),
+        live: Some(live),
+        caught_up: false,
         done: false,
     };
     let stream = futures_util::stream::unfold(tail, |mut tail| async move {
@@ -84,8 +88,10 @@ struct Tail {
     cursor: i64,
     /// Read, not yet sent.
     pending: VecDeque<EventRecord>,
-    /// Wakes on new events of this process; `None` once the run's channel closed.
-    wake: Option<watch::Receiver<i64>>,
+    /// Batches this process stores for the run; `None` once the channel closed.
+    live: Option<broadcast::Receiver<Batch>>,
+    /// Everything stored up to the last read has been queued: wait for news.
+    caught_up: bool,
     /// The `end` event was sent.
     done: bool,
 }
@@ -110,47 +116,69 @@ impl Tail {
             if self.done {
                 return None;
             }
-            let store = &self.runs.store;
-            match store.events_after(self.run_id, self.cursor, PAGE).await {
-                Ok(events) if !events.is_empty() => {
-                    self.pending.extend(events);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream: cannot read events");
-                    return None;
-                }
-            }
-            // The caller may already hold the end (it resumed after it): repeat it and close.
-            match store.end_event(self.run_id).await {
-                Ok(Some(end)) if end.seq <= self.cursor => {
-                    self.done = true;
-                    return Some(to_sse(&end));
-                }
-                // Stored since the read above: read again.
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream: cannot read the run");
-                    return None;
+            if !self.caught_up {
+                match self.read_store().await {
+                    Ok(true) => continue,
+                    Ok(false) => self.caught_up = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream: cannot read the store");
+                        return None;
+                    }
                 }
             }
             let shutdown = self.runs.shutdown.clone();
             tokio::select! {
                 () = shutdown.cancelled() => return None,
-                changed = async {
-                    match &mut self.wake {
-                        Some(rx) => rx.changed().await.is_ok(),
+                received = async {
+                    match &mut self.live {
+                        Some(rx) => rx.recv().await,
                         None => std::future::pending().await,
                     }
-                } => {
-                    if !changed {
-                        self.wake = None;
+                } => match received {
+                    Ok(batch) => self.take(&batch),
+                    // Fell behind the channel: the store has everything.
+                    Err(RecvError::Lagged(_)) => self.caught_up = false,
+                    Err(RecvError::Closed) => {
+                        self.live = None;
+                        self.caught_up = false;
                     }
-                }
-                () = tokio::time::sleep(POLL) => {}
+                },
+                () = tokio::time::sleep(POLL) => self.caught_up = false,
             }
+        }
+    }
+
+    /// Queues the events of a live batch that follow the cursor; a gap (the batch starts
+    /// further on) sends the tail back to the store.
+    fn take(&mut self, batch: &Batch) {
+        let fresh = batch.iter().filter(|e| e.seq > self.cursor);
+        for (expected, e) in (self.cursor + 1..).zip(fresh) {
+            if e.seq != expected {
+                self.pending.clear();
+                self.caught_up = false;
+                return;
+            }
+            self.pending.push_back(e.clone());
+        }
+    }
+
+    /// Reads the store after the cursor; returns whether it queued anything.
+    async fn read_store(&mut self) -> Result<bool, crate::store::StoreError> {
+        let store = &self.runs.store;
+        let events = store.events_after(self.run_id, self.cursor, PAGE).await?;
+        if !events.is_empty() {
+            self.pending.extend(events);
+            return Ok(true);
+        }
+        // The caller may already hold the end (it resumed after it): repeat it and close.
+        match store.end_event(self.run_id).await? {
+            Some(end) if end.seq <= self.cursor => {
+                self.pending.push_back(end);
+                Ok(true)
+            }
+            // Stored since the read above: read again.
+            Some(_) => Ok(true),
+            None => Ok(false),
         }
     }
 }

@@ -141,3 +141,61 @@ async fn start_up_fails_fast_with_a_clear_message_on_bad_credentials() {
     assert!(message.contains("provider ci"), "{message}");
     assert!(!message.contains("wrong-canary-pw"), "{message}");
 }
+
+#[tokio::test]
+async fn start_up_refuses_a_user_without_a_role_that_can_trigger() {
+    use concourse_sim::{Pipeline, Role, Team, User, World};
+    let world = World::new()
+        .user(User::new(USERNAME, PASSWORD).role(TEAM, Role::Viewer))
+        .team(Team::new(TEAM).pipeline(Pipeline::new(PIPELINE)));
+    let sim = std::sync::Arc::new(concourse_sim::Simulator::start(world).await.unwrap());
+    let db = std::sync::Arc::new(TestDb::new().await);
+
+    let err = start_gateway(
+        sim,
+        db,
+        Options {
+            jobs: Vec::new(),
+            ..Options::default()
+        },
+    )
+    .await
+    .err()
+    .expect("must not start");
+
+    let message = format!("{err:#}");
+    assert!(message.contains("viewer"), "{message}");
+}
+
+#[tokio::test]
+async fn names_with_reserved_characters_reach_the_right_upstream_job() {
+    use concourse_sim::{Job, Pipeline, Script, Team};
+    const ODD_PIPELINE: &str = "pay ments+v2 %?#&é";
+    const ODD_JOB: &str = "build+test/ü";
+    let world = world().team(
+        Team::new(TEAM).pipeline(
+            Pipeline::new(ODD_PIPELINE)
+                .job(Job::new(ODD_JOB, Script::new().log_out("odd\n").succeed())),
+        ),
+    );
+    let mut jobs = jobs();
+    jobs.push(job_settings("job_odd", ODD_PIPELINE, ODD_JOB));
+
+    let app = spawn_app_with(
+        world,
+        Options {
+            jobs,
+            ..Options::default()
+        },
+    )
+    .await;
+    let run_id = app.trigger_ok("job_odd").await;
+    let events = app.events_until_end(&run_id).await;
+
+    assert_eq!(lines(&events, "stdout"), ["odd"]);
+    let builds = app.sim.builds();
+    assert_eq!(
+        (builds[0].pipeline.as_str(), builds[0].job.as_str()),
+        (ODD_PIPELINE, ODD_JOB)
+    );
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ci_gateway::Application;
 use ci_gateway::config::{
-    ClusterSettings, ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings,
-    ServerSettings, Settings,
+    ApiTokenSettings, AuthSettings, ClusterSettings, ConcourseProviderSettings, DatabaseSettings,
+    JobSettings, ProviderSettings, ServerSettings, Settings, TlsSettings,
 };
 use concourse_sim::{Job, Pipeline, Role, Script, Simulator, Team, User, World};
 use eventsource_stream::Eventsource;
@@ -22,6 +22,43 @@ pub const TEAM: &str = "team-canary-7f3a";
 pub const PIPELINE: &str = "pipeline-canary-payments";
 pub const USERNAME: &str = "gw-canary-user";
 pub const PASSWORD: &str = "pw-canary-Z9qLk2";
+
+/// The caller token every request of the suite carries unless a test says otherwise: a canary
+/// too, so no response may contain it.
+pub const CALLER_TOKEN: &str = "cigw_caller-canary-Hq7Wm3pX";
+/// The name it is configured under.
+pub const CALLER: &str = "test-operator";
+
+/// `[auth]` with the suite's operator token (every scope) and `extra` tokens.
+pub fn auth_with(extra: Vec<ApiTokenSettings>) -> AuthSettings {
+    let mut tokens = vec![token_settings(
+        CALLER,
+        CALLER_TOKEN,
+        &["jobs:read", "runs:read", "runs:trigger", "runs:cancel", "audit:read"],
+        None,
+    )];
+    tokens.extend(extra);
+    AuthSettings {
+        tokens,
+        ..AuthSettings::default()
+    }
+}
+
+/// An API token entry holding only the token's digest.
+pub fn token_settings(
+    name: &str,
+    token: &str,
+    scopes: &[&str],
+    projects: Option<&[&str]>,
+) -> ApiTokenSettings {
+    ApiTokenSettings {
+        name: name.to_owned(),
+        sha256: Some(ci_gateway::auth::token_digest(token)),
+        token_env: None,
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        projects: projects.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
+    }
+}
 
 /// The job ids of [`world`], bound to jobs of [`PIPELINE`].
 pub const JOB_OK: &str = "job_payments_build_test";
@@ -192,6 +229,12 @@ pub struct Options {
     pub heartbeat_secs: u64,
     pub password: String,
     pub lease_ttl_secs: u64,
+    pub auth: AuthSettings,
+    pub tls: Option<TlsSettings>,
+    /// The client requests go through (e.g. one trusting a test CA).
+    pub client: Option<reqwest::Client>,
+    /// The token `send` adds to requests without an Authorization header.
+    pub token: Option<String>,
 }
 
 impl Default for Options {
@@ -201,6 +244,10 @@ impl Default for Options {
             heartbeat_secs: 15,
             password: PASSWORD.to_owned(),
             lease_ttl_secs: 15,
+            auth: auth_with(Vec::new()),
+            tls: None,
+            client: None,
+            token: Some(CALLER_TOKEN.to_owned()),
         }
     }
 }
@@ -215,6 +262,8 @@ pub struct TestApp {
     pub server: tokio::task::JoinHandle<()>,
     /// Strings no response may contain.
     pub secrets: Vec<String>,
+    /// Added as a bearer token to requests that carry no Authorization header.
+    pub token: Option<String>,
 }
 
 /// A response, read whole.
@@ -300,6 +349,7 @@ pub fn settings(sim: &Simulator, db: &TestDb, options: &Options) -> Settings {
         },
         server: ServerSettings {
             sse_heartbeat_secs: options.heartbeat_secs,
+            tls: options.tls.clone(),
             ..Default::default()
         },
         cluster: ClusterSettings {
@@ -308,6 +358,7 @@ pub fn settings(sim: &Simulator, db: &TestDb, options: &Options) -> Settings {
         },
         providers,
         jobs: options.jobs.clone(),
+        auth: options.auth.clone(),
     }
 }
 
@@ -318,7 +369,12 @@ pub async fn start_gateway(
     options: Options,
 ) -> anyhow::Result<TestApp> {
     let app = Application::build(settings(&sim, &db, &options)).await?;
-    let addr = format!("http://{}", app.local_addr());
+    // The test server certificate is issued to `localhost`.
+    let addr = if options.tls.is_some() {
+        format!("https://localhost:{}", app.local_addr().port())
+    } else {
+        format!("http://{}", app.local_addr())
+    };
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(async move {
         app.run_until_stopped(std::future::pending())
@@ -332,15 +388,17 @@ pub async fn start_gateway(
         PIPELINE.to_owned(),
         PASSWORD.to_owned(),
         USERNAME.to_owned(),
+        CALLER_TOKEN.to_owned(),
     ];
     Ok(TestApp {
         addr,
         sim,
         db,
-        client: reqwest::Client::new(),
+        client: options.client.unwrap_or_default(),
         shutdown,
         server,
         secrets,
+        token: options.token,
     })
 }
 
@@ -362,8 +420,26 @@ impl TestApp {
         }
     }
 
+    /// Sends a request with the suite's caller token (unless it carries its own credential),
+    /// and checks the response for leaks.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("request");
+        let mut request = request.build().expect("request");
+        if let Some(token) = &self.token
+            && !request.headers().contains_key("authorization")
+        {
+            let value = format!("Bearer {token}").parse().expect("header value");
+            request.headers_mut().insert("authorization", value);
+        }
+        self.send_raw(request).await
+    }
+
+    /// Sends a request exactly as built: no credential is added.
+    pub async fn send_anonymous(&self, request: reqwest::RequestBuilder) -> Reply {
+        self.send_raw(request.build().expect("request")).await
+    }
+
+    async fn send_raw(&self, request: reqwest::Request) -> Reply {
+        let response = self.client.execute(request).await.expect("request");
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.text().await.expect("body");
@@ -433,6 +509,9 @@ impl TestApp {
             .get(self.url(&format!("/v1/runs/{run_id}/events")));
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
         let response = request.send().await.expect("events request");
         assert_eq!(response.status(), StatusCode::OK);

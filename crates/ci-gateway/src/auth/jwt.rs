@@ -64,9 +64,17 @@ fn decoding_key(alg: Algorithm, pem: &[u8]) -> anyhow::Result<DecodingKey> {
 #[derive(Default)]
 struct JwksState {
     keys: HashMap<String, DecodingKey>,
+    /// The last successful fetch.
     fetched_at: Option<Instant>,
+    /// The last fetch attempt, successful or not.
     last_attempt: Option<Instant>,
+    /// The last fetch caused by an unknown `kid`.
+    last_forced: Option<Instant>,
 }
+
+/// The least time between two attempts to fetch a missing or stale JWKS, so an issuer outage
+/// does not turn every request into a fetch.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Verifies JWTs.
 pub struct JwtVerifier {
@@ -199,13 +207,23 @@ impl JwtVerifier {
         let stale = state
             .fetched_at
             .is_none_or(|at| at.elapsed() >= self.jwks_ttl);
-        if !stale && let Some(key) = state.keys.get(kid) {
-            return Ok(key.clone());
-        }
-        let may_fetch = state
-            .last_attempt
-            .is_none_or(|at| at.elapsed() >= self.jwks_min_refresh);
-        if may_fetch && let Err(e) = self.fetch(url, &mut state).await {
+        let fetch = if stale {
+            state
+                .last_attempt
+                .is_none_or(|at| at.elapsed() >= RETRY_AFTER_FAILURE)
+        } else if state.keys.contains_key(kid) {
+            false
+        } else {
+            // A key the issuer may just have rotated in: re-fetch, at a bounded rate.
+            let may = state
+                .last_forced
+                .is_none_or(|at| at.elapsed() >= self.jwks_min_refresh);
+            if may {
+                state.last_forced = Some(Instant::now());
+            }
+            may
+        };
+        if fetch && let Err(e) = self.fetch(url, &mut state).await {
             tracing::warn!(error = %e, "cannot refresh the JWKS");
         }
         state.keys.get(kid).cloned().context("unknown kid")

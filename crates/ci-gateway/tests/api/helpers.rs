@@ -179,6 +179,27 @@ impl TestDb {
         TestDb { url, dir }
     }
 
+    /// Whether this is a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        !self.url.starts_with("sqlite:")
+    }
+
+    /// Runs one statement straight on the database (fault injection, tampering).
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.is_postgres() {
+            let pool = sqlx::PgPool::connect(&self.url).await.expect("open postgres");
+            sqlx::raw_sql(sql).execute(&pool).await.expect("statement");
+            pool.close().await;
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.url)
+                .await
+                .expect("open sqlite");
+            sqlx::raw_sql(sql).execute(&pool).await.expect("statement");
+            pool.close().await;
+        }
+    }
+
     /// Counts the rows of a table, straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {table}");
@@ -311,11 +332,79 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(world(), Options::default()).await
 }
 
-/// Logs to the test's output when `RUST_LOG` is set.
-pub fn init_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+/// Every log line of the suite, from every test (one global subscriber, at debug unless
+/// `RUST_LOG` says otherwise), so leaks can be looked for across the whole run.
+pub static LOGS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Strings no log line may contain; tests add their own (e.g. a JWT they sent).
+pub static LOG_CANARIES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Canaries found in a log line so far: any entry fails every later `send` of the suite.
+pub static LOG_LEAKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a string that must never be logged.
+pub fn log_canary(canary: &str) {
+    LOG_CANARIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(canary.to_owned());
+}
+
+/// Appends log output to [`LOGS`] and checks each write against the canaries.
+struct LogSink {
+    echo: bool,
+}
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let found: Vec<String> = LOG_CANARIES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|c| text.contains(c.as_str()))
+            .cloned()
+            .collect();
+        if !found.is_empty() {
+            LOG_LEAKS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(found);
+        }
+        LOGS.lock().unwrap_or_else(|p| p.into_inner()).push_str(&text);
+        if self.echo {
+            eprint!("{text}");
+        }
+        Ok(buf.len())
     }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the suite's log capture once. Logs go to the test output too when `RUST_LOG` is
+/// set.
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for canary in [PASSWORD, CALLER_TOKEN] {
+            log_canary(canary);
+        }
+        let echo = std::env::var_os("RUST_LOG").is_some();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || LogSink { echo })
+            .try_init();
+    });
+}
+
+/// Fails the test if any log line of the suite so far carried a canary.
+pub fn assert_no_log_leak() {
+    let leaks = LOG_LEAKS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(leaks.is_empty(), "log lines carry {leaks:?}");
 }
 
 pub async fn spawn_app_with(world: World, options: Options) -> TestApp {
@@ -450,6 +539,7 @@ impl TestApp {
             );
         }
         self.assert_no_leak("body", &body);
+        assert_no_log_leak();
         assert!(
             !body.is_empty() || status == StatusCode::NO_CONTENT,
             "empty body, {status}"

@@ -363,7 +363,8 @@ mod tests {
 
     #[test]
     fn secret_looking_parameters_are_redacted_and_others_kept() {
-        let params = json!({"branch": "main", "api_key": "k", "nested": {"db_password": "p", "n": 1}});
+        let params =
+            json!({"branch": "main", "api_key": "k", "nested": {"db_password": "p", "n": 1}});
         let Value::Object(params) = params else {
             unreachable!()
         };

@@ -312,7 +312,11 @@ fn default_connect_timeout() -> u64 {
 }
 
 /// Reads a secret named by an environment variable or a file.
-pub(crate) fn read_secret(what: &str, env: Option<&str>, file: Option<&Path>) -> anyhow::Result<SecretString> {
+pub(crate) fn read_secret(
+    what: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<SecretString> {
     match (env, file) {
         (Some(_), Some(_)) => bail!("{what}: set only one of the _env and _file keys"),
         (Some(var), None) => {

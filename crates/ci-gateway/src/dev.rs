@@ -16,8 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{Scope, generate_token, token_digest};
 use crate::config::{
-    ApiTokenSettings, AuthSettings, ClusterSettings, ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings,
-    ServerSettings, Settings,
+    ApiTokenSettings, AuthSettings, ClusterSettings, ConcourseProviderSettings, DatabaseSettings,
+    JobSettings, ProviderSettings, ServerSettings, Settings,
 };
 
 /// The name of the simulated provider in the allowlist.

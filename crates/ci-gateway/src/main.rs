@@ -91,7 +91,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!(
                     "auth: {} API token(s), jwt {}, {} certificate identit(ies)",
                     settings.auth.tokens.len(),
-                    if settings.auth.jwt.is_some() { "on" } else { "off" },
+                    if settings.auth.jwt.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    },
                     settings.auth.mtls.len()
                 )
             };
@@ -100,7 +104,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 file.display(),
                 providers.len(),
                 jobs.len(),
-                if settings.server.tls.is_some() { "on" } else { "off" }
+                if settings.server.tls.is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
             );
             Ok(())
         }

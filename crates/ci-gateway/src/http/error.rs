@@ -87,9 +87,9 @@ pub fn provider_code(e: &ProviderError) -> &'static str {
         ProviderError::Unavailable(_) => "provider_unavailable",
         ProviderError::Timeout(_) => "provider_timeout",
         ProviderError::Refused(_) => "job_not_triggerable",
-        ProviderError::NotFound(_) | ProviderError::BadResponse(_) | ProviderError::InvalidRef(_) => {
-            "provider_error"
-        }
+        ProviderError::NotFound(_)
+        | ProviderError::BadResponse(_)
+        | ProviderError::InvalidRef(_) => "provider_error",
     }
 }
 

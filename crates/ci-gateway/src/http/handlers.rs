@@ -82,11 +82,7 @@ fn idempotency_key(
 }
 
 /// The audit row of an attempt, before the decision: who, what, from where.
-fn audit_base(
-    caller: &Result<Caller, Denial>,
-    meta: RequestMeta,
-    action: AuditAction,
-) -> NewAudit {
+fn audit_base(caller: &Result<Caller, Denial>, meta: RequestMeta, action: AuditAction) -> NewAudit {
     let (subject, method, tenant) = match caller {
         Ok(c) => (c.subject.clone(), c.method, c.tenant.clone()),
         Err(_) => (
@@ -155,7 +151,12 @@ pub async fn trigger_run(
     let Ok(job_id) = JobId::parse(&job_id) else {
         return Err(deny(&state, audit, ApiError::JobNotFound).await);
     };
-    let job = match state.runs.store.get_job(&caller.tenant, job_id.as_ref()).await {
+    let job = match state
+        .runs
+        .store
+        .get_job(&caller.tenant, job_id.as_ref())
+        .await
+    {
         Ok(Some(job)) => job,
         Ok(None) => return Err(deny(&state, audit, ApiError::JobNotFound).await),
         Err(e) => return Err(e.into()),
@@ -198,7 +199,11 @@ pub async fn load_run(
         .await?
         .ok_or(ApiError::RunNotFound)?;
     if caller.grant.projects.is_some() {
-        let job = state.runs.store.get_job(&caller.tenant, &run.job_id).await?;
+        let job = state
+            .runs
+            .store
+            .get_job(&caller.tenant, &run.job_id)
+            .await?;
         if !job.is_some_and(|j| caller.may_access(&j.project)) {
             return Err(ApiError::RunNotFound);
         }

@@ -227,7 +227,10 @@ async fn jwts_failing_any_check_are_refused_with_401() {
     let cases: Vec<(&str, String)> = vec![
         ("malformed", "not-a-jwt.at.all".to_owned()),
         ("garbage", "eyJhbGciOi".to_owned()),
-        ("expired", idp.es256("jwks-ec", &with("exp", json!(now() - 120)))),
+        (
+            "expired",
+            idp.es256("jwks-ec", &with("exp", json!(now() - 120))),
+        ),
         (
             "not yet valid",
             idp.es256("jwks-ec", &with("nbf", json!(now() + 120))),
@@ -266,7 +269,12 @@ async fn jwts_failing_any_check_are_refused_with_401() {
     assert_unauthorized(&not_bearer);
     for (name, token) in cases {
         let reply = app.get_with_token("/v1/jobs", &token).await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name}: {}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{name}: {}",
+            reply.body
+        );
         assert_unauthorized(&reply);
     }
 }
@@ -279,7 +287,11 @@ async fn an_unknown_kid_refreshes_the_jwks_once_and_is_then_refused() {
         .get_with_token("/v1/jobs", &idp.es256("jwks-ec", &idp.claims()))
         .await;
     assert_eq!(good.status, StatusCode::OK);
-    assert_eq!(idp.jwks.fetches.load(Ordering::SeqCst), 1, "fetched once, cached");
+    assert_eq!(
+        idp.jwks.fetches.load(Ordering::SeqCst),
+        1,
+        "fetched once, cached"
+    );
 
     let unknown = app
         .get_with_token("/v1/jobs", &idp.es256("rotated-in", &idp.claims()))
@@ -452,11 +464,15 @@ async fn every_trigger_and_cancel_allowed_or_denied_leaves_exactly_one_audit_row
     assert_eq!(rows[0]["caller"]["auth_method"], "api_token");
     assert_eq!(rows[1]["parameters"], json!({"api_token": "[REDACTED]"}));
     assert_eq!(rows[4]["idempotency_key"], "k-1");
-    assert!(rows.iter().all(|r| r["request_id"].as_str().is_some_and(|id| id.len() == 26)));
     assert!(
         rows.iter()
-            .all(|r| r["source_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")))
+            .all(|r| r["request_id"].as_str().is_some_and(|id| id.len() == 26))
     );
+    assert!(rows.iter().all(|r| {
+        r["source_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    }));
     let leaked = app
         .db
         .count("ci_audit WHERE parameters LIKE '%s3cr3t-canary%'")
@@ -474,7 +490,10 @@ async fn the_audit_log_filters_and_pages_with_a_cursor() {
 
     let page1 = app.get("/v1/audit?limit=2").await.json();
     let cursor = page1["next_cursor"].as_str().unwrap().to_owned();
-    let page2 = app.get(&format!("/v1/audit?limit=2&cursor={cursor}")).await.json();
+    let page2 = app
+        .get(&format!("/v1/audit?limit=2&cursor={cursor}"))
+        .await
+        .json();
     let by_job = app.audit("?job_id=job_nope").await;
     let cancels = app.audit("?action=cancel").await;
     let by_caller = app.audit(&format!("?caller={CALLER}")).await;
@@ -523,7 +542,11 @@ async fn with_the_audit_log_unwritable_a_trigger_is_refused_and_no_build_is_crea
     // Assert
     trigger.assert_error(503, "store_unavailable");
     cancel.assert_error(503, "store_unavailable");
-    assert_eq!(app.sim.builds().len(), builds_before, "no new build upstream");
+    assert_eq!(
+        app.sim.builds().len(),
+        builds_before,
+        "no new build upstream"
+    );
     assert_eq!(app.db.count("ci_run").await, 1, "no run row either");
     assert_ne!(app.run(&run_id).await["status"], "canceled");
     assert!(app.sim.builds().iter().all(|b| b.status != "aborted"));
@@ -707,9 +730,7 @@ async fn without_a_client_certificate_or_with_one_from_another_ca_the_caller_is_
 async fn health_readiness_and_metrics_stay_open() {
     let app = spawn_app().await;
     for path in ["/healthz", "/readyz", "/metrics"] {
-        let reply = app
-            .send_anonymous(app.client.get(app.url(path)))
-            .await;
+        let reply = app.send_anonymous(app.client.get(app.url(path))).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
     }
 }
@@ -732,7 +753,10 @@ async fn no_log_line_carries_the_concourse_password_or_a_caller_token() {
     app.get_with_token("/v1/jobs", "cigw_wrong-canary-77").await;
     app.get_with_token("/v1/jobs", &format!("{jwt}x")).await;
     let _ = app
-        .trigger(JOB_OK, &json!({"parameters": {"password": "param-canary-9"}}))
+        .trigger(
+            JOB_OK,
+            &json!({"parameters": {"password": "param-canary-9"}}),
+        )
         .await;
 
     // Assert

@@ -34,7 +34,13 @@ pub fn auth_with(extra: Vec<ApiTokenSettings>) -> AuthSettings {
     let mut tokens = vec![token_settings(
         CALLER,
         CALLER_TOKEN,
-        &["jobs:read", "runs:read", "runs:trigger", "runs:cancel", "audit:read"],
+        &[
+            "jobs:read",
+            "runs:read",
+            "runs:trigger",
+            "runs:cancel",
+            "audit:read",
+        ],
         None,
     )];
     tokens.extend(extra);
@@ -188,7 +194,9 @@ impl TestDb {
     pub async fn execute(&self, sql: &str) {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         if self.is_postgres() {
-            let pool = sqlx::PgPool::connect(&self.url).await.expect("open postgres");
+            let pool = sqlx::PgPool::connect(&self.url)
+                .await
+                .expect("open postgres");
             sqlx::raw_sql(sql).execute(&pool).await.expect("statement");
             pool.close().await;
         } else {
@@ -371,7 +379,9 @@ impl std::io::Write for LogSink {
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(found);
         }
-        LOGS.lock().unwrap_or_else(|p| p.into_inner()).push_str(&text);
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(&text);
         if self.echo {
             eprint!("{text}");
         }

@@ -168,6 +168,12 @@ impl Caller {
         }
     }
 
+    /// Records the subject as the `caller` field of the current span (the handler's: extractors
+    /// run before it is entered).
+    pub fn record_in_span(&self) {
+        tracing::Span::current().record("caller", self.subject.as_str());
+    }
+
     /// Whether it holds `scope`.
     pub fn has(&self, scope: Scope) -> bool {
         self.grant.scopes.contains(&scope)

@@ -54,9 +54,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Denial>
         .get::<Arc<axum_server::tls::TlsInfo>>()
         .map(|info| info.peer_certificates.as_slice())
         .unwrap_or_default();
-    let caller = state.auth.authenticate(authorization, peer_certs).await?;
-    tracing::Span::current().record("caller", caller.subject.as_str());
-    Ok(caller)
+    state.auth.authenticate(authorization, peer_certs).await
 }
 
 impl FromRequestParts<AppState> for MaybeCaller {

@@ -27,6 +27,7 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    caller.record_in_span();
     caller.require(Scope::JobsRead)?;
     let jobs: Vec<JobView> = state
         .runs
@@ -140,6 +141,7 @@ pub async fn trigger_run(
         Ok(c) => c,
         Err(d) => return Err(deny(&state, audit, d.into()).await),
     };
+    caller.record_in_span();
     if let Err(d) = caller.require(Scope::RunsTrigger) {
         return Err(deny(&state, audit, d.into()).await);
     }
@@ -218,6 +220,7 @@ pub async fn get_run(
     caller: Caller,
     PathParam(run_id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
+    caller.record_in_span();
     caller.require(Scope::RunsRead)?;
     let run = load_run(&state, &caller, &run_id).await?;
     Ok(Json(json!({ "run": RunView::from(&run) })))
@@ -240,6 +243,7 @@ pub async fn cancel_run(
         Ok(c) => c,
         Err(d) => return Err(deny(&state, audit, d.into()).await),
     };
+    caller.record_in_span();
     if let Err(d) = caller.require(Scope::RunsCancel) {
         return Err(deny(&state, audit, d.into()).await);
     }
@@ -304,6 +308,7 @@ pub async fn list_audit(
     caller: Caller,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.record_in_span();
     caller.require(Scope::AuditRead)?;
     let Query(q) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);

@@ -52,6 +52,7 @@ pub async fn run_events(
     PathParam(run_id): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    caller.record_in_span();
     caller.require(crate::auth::Scope::RunsRead)?;
     let after = last_event_id(&headers)?;
     let run = load_run(&state, &caller, &run_id).await?;

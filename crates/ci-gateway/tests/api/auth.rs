@@ -773,3 +773,28 @@ async fn no_log_line_carries_the_concourse_password_or_a_caller_token() {
     }
     assert_no_log_leak();
 }
+
+#[tokio::test]
+async fn concurrent_triggers_and_refusals_keep_the_audit_chain_intact() {
+    let app = spawn_app().await;
+
+    let attempts = (0..12).map(|i| {
+        let app = &app;
+        async move {
+            if i % 3 == 0 {
+                app.trigger("job_nope", &json!({})).await
+            } else {
+                app.trigger(JOB_OK, &json!({})).await
+            }
+        }
+    });
+    let replies = futures_util::future::join_all(attempts).await;
+
+    assert!(replies.iter().all(|r| r.status.as_u16() < 500));
+    let store = ci_gateway::store::connect(&app.db.url, 2).await.unwrap();
+    let verdict = ci_gateway::audit::verify(store.as_ref()).await.unwrap();
+    assert_eq!(
+        verdict,
+        ci_gateway::audit::Verification::Intact { rows: 12 }
+    );
+}

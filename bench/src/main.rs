@@ -17,12 +17,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use ci_gateway::Application;
 use ci_gateway::config::{
-    ClusterSettings, ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings,
-    ServerSettings, Settings,
+    ApiTokenSettings, AuthSettings, ClusterSettings, ConcourseProviderSettings, DatabaseSettings,
+    JobSettings, ProviderSettings, ServerSettings, Settings,
 };
 use concourse_sim::{Job, Pipeline, Script, Simulator, World};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
+
+/// The caller token the benchmark's clients send.
+const CALLER_TOKEN: &str = "bench-caller-token";
 
 /// Log lines the fan-out job prints.
 const LINES: usize = 2_000;
@@ -85,6 +88,18 @@ async fn start_gateway(sim: &Simulator, dir: &tempfile::TempDir) -> anyhow::Resu
         },
         server: ServerSettings::default(),
         cluster: ClusterSettings::default(),
+        auth: AuthSettings {
+            tokens: vec![ApiTokenSettings {
+                name: "bench".into(),
+                sha256: Some(ci_gateway::auth::token_digest(CALLER_TOKEN)),
+                token_env: None,
+                scopes: ["jobs:read", "runs:read", "runs:trigger", "runs:cancel"]
+                    .map(String::from)
+                    .to_vec(),
+                projects: None,
+            }],
+            ..AuthSettings::default()
+        },
         providers,
         jobs: vec![job("job_chatty", "chatty"), job("job_quick", "quick")],
     };
@@ -247,10 +262,17 @@ async fn main() -> anyhow::Result<()> {
     let sim = Simulator::start(world()).await?;
     let dir = tempfile::tempdir()?;
     let gw = start_gateway(&sim, &dir).await?;
+    let token = atc_token(&reqwest::Client::new(), &sim).await?;
+    // Every gateway request carries the caller token; the ATC calls set their own bearer.
+    let auth: reqwest::header::HeaderValue = format!("Bearer {CALLER_TOKEN}").parse()?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, auth)]
+                .into_iter()
+                .collect(),
+        )
         .build()?;
-    let token = atc_token(&client, &sim).await?;
 
     println!("## Fan-out: one run of {LINES} log lines, W watchers\n");
     println!(

@@ -10,7 +10,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ProviderSettings, Settings};
+use crate::auth::Authenticator;
+use crate::config::{ProviderSettings, Settings, TlsSettings};
 use crate::domain::TenantId;
 use crate::http::{AppState, router};
 use crate::provider::CiProvider;
@@ -22,6 +23,54 @@ use crate::store::{self, JobRecord, Store};
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Set when the gateway terminates TLS itself.
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Builds the rustls server configuration from `[server.tls]`: the server's chain and key,
+/// and, with `client_ca_file`, a verifier of client certificates signed by that CA (optional
+/// unless `require_client_cert`; a caller without one must then present a bearer token).
+///
+/// # Errors
+/// Unreadable or invalid PEM files.
+pub fn tls_config(tls: &TlsSettings) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // Guard against two providers being compiled in: rustls would then refuse to choose.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
+        .with_context(|| format!("cannot read {}", tls.cert_file.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid certificate in {}", tls.cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .with_context(|| format!("cannot read the key in {}", tls.key_file.display()))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &tls.client_ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("cannot read {}", ca.display()))?
+            {
+                roots
+                    .add(cert.with_context(|| format!("invalid certificate in {}", ca.display()))?)
+                    .context("unusable client CA certificate")?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier = if tls.require_client_cert {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            }
+            .context("cannot build the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .context("the server certificate and key do not fit")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process; tests
@@ -115,6 +164,21 @@ impl Application {
     /// Any of those steps failing, with a message that names the step.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         settings.validate()?;
+        let auth = Authenticator::from_settings(&settings.auth, settings.server.tls.as_ref())?;
+        Self::build_with_auth(settings, auth).await
+    }
+
+    /// [`Application::build`] with an authenticator made by the caller (`dev` uses one that
+    /// accepts the token it prints).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with_auth(
+        settings: Settings,
+        auth: Authenticator,
+    ) -> anyhow::Result<Application> {
+        settings.validate()?;
+        let tls = settings.server.tls.as_ref().map(tls_config).transpose()?;
         let store: Arc<dyn Store> =
             store::connect(&settings.database.url, settings.database.max_connections).await?;
         let providers = build_providers(&settings, true).await?;
@@ -147,8 +211,13 @@ impl Application {
             runs,
             server: Arc::new(settings.server.clone()),
             metrics: metrics_handle(),
+            auth: Arc::new(auth),
         };
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            tls,
+        })
     }
 
     /// The address it listens on (the real port when configured with port 0).
@@ -187,9 +256,31 @@ impl Application {
             }
         };
         let maintenance = tokio::spawn(Arc::clone(&self.state.runs).maintain());
-        let served = axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(stop)
-            .await;
+        // ConnectInfo gives handlers the peer address for the audit log.
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let served = match self.tls {
+            None => axum::serve(self.listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(anyhow::Error::from),
+            Some(config) => {
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    stop.await;
+                    stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+                });
+                let listener = self.listener.into_std()?;
+                axum_server::from_tcp_rustls(
+                    listener,
+                    axum_server::tls_rustls::RustlsConfig::from_config(config),
+                )?
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(anyhow::Error::from)
+            }
+        };
         // Maintenance gives this replica's leases up once it sees the shutdown.
         token.cancel();
         let _ = maintenance.await;

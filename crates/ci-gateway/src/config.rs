@@ -36,6 +36,139 @@ pub struct Settings {
     /// The job catalog.
     #[serde(default)]
     pub jobs: Vec<JobSettings>,
+    /// Caller authentication and authorization.
+    #[serde(default)]
+    pub auth: AuthSettings,
+}
+
+/// Whether callers must authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every `/v1` request needs a credential (the default).
+    #[default]
+    Required,
+    /// Nobody authenticates and everyone holds every scope. Logged as a warning at every start.
+    None,
+}
+
+/// The `[auth]` section: any combination of JWTs, static API tokens and client certificates.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `required` (default) or `none`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// JWT bearer tokens.
+    pub jwt: Option<JwtSettings>,
+    /// Static API tokens for internal callers.
+    #[serde(default)]
+    pub tokens: Vec<ApiTokenSettings>,
+    /// Client-certificate identities and their grants (needs `[server.tls]` with a client CA).
+    #[serde(default)]
+    pub mtls: Vec<CertIdentitySettings>,
+}
+
+/// How JWT bearer tokens are verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The only accepted `iss`.
+    pub issuer: String,
+    /// The accepted `aud` (one must match).
+    pub audience: Vec<String>,
+    /// The issuer's JWKS; fetched on first use, re-fetched after `jwks_ttl_secs`, and on an
+    /// unknown `kid` at most once per `jwks_min_refresh_secs`.
+    pub jwks_url: Option<String>,
+    /// How long a fetched JWKS is trusted.
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_ttl_secs: u64,
+    /// The least time between two fetches caused by unknown `kid`s.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_secs: u64,
+    /// Static public keys, by `kid`.
+    #[serde(default)]
+    pub keys: Vec<JwtKeySettings>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// The asymmetric algorithms accepted (default RS256, ES256, EdDSA).
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The environment variable holding an HS256 secret; HS256 is accepted only when set.
+    pub hs256_secret_env: Option<String>,
+}
+
+/// One static JWT verification key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeySettings {
+    /// The `kid` tokens name it by.
+    pub kid: String,
+    /// `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: String,
+    /// The public key, PEM.
+    pub public_key_pem: Option<String>,
+    /// A file holding the public key, PEM.
+    pub public_key_file: Option<PathBuf>,
+}
+
+/// One static API token. The file holds only its SHA-256 (or names an environment variable
+/// holding the token itself).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenSettings {
+    /// Who this is, as recorded in the audit log.
+    pub name: String,
+    /// The token's SHA-256, lowercase hex (`printf %s TOKEN | sha256sum`).
+    pub sha256: Option<String>,
+    /// Or an environment variable holding the token.
+    pub token_env: Option<String>,
+    /// What it may do.
+    pub scopes: Vec<String>,
+    /// When set, the only projects it may touch.
+    pub projects: Option<Vec<String>>,
+}
+
+/// Grants for callers presenting a client certificate with this identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertIdentitySettings {
+    /// The certificate's first SAN URI, else first SAN DNS name, else subject CN.
+    pub identity: String,
+    /// What it may do.
+    pub scopes: Vec<String>,
+    /// When set, the only projects it may touch.
+    pub projects: Option<Vec<String>>,
+}
+
+/// TLS termination, optionally requiring client certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// The server private key, PEM.
+    pub key_file: PathBuf,
+    /// CA certificates that sign client certificates; enables mTLS.
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse the TLS handshake without a client certificate (otherwise a caller may use a
+    /// bearer token instead).
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+fn default_jwks_ttl() -> u64 {
+    300
+}
+fn default_jwks_min_refresh() -> u64 {
+    30
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
 }
 
 /// Database settings.
@@ -58,6 +191,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Seconds between SSE heartbeat comments while a stream is idle.
     pub sse_heartbeat_secs: u64,
+    /// Terminate TLS (and optionally mTLS) in the gateway.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for ServerSettings {
@@ -65,6 +200,7 @@ impl Default for ServerSettings {
         ServerSettings {
             max_body_bytes: 64 * 1024,
             sse_heartbeat_secs: 15,
+            tls: None,
         }
     }
 }
@@ -176,7 +312,11 @@ fn default_connect_timeout() -> u64 {
 }
 
 /// Reads a secret named by an environment variable or a file.
-fn read_secret(what: &str, env: Option<&str>, file: Option<&Path>) -> anyhow::Result<SecretString> {
+pub(crate) fn read_secret(
+    what: &str,
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<SecretString> {
     match (env, file) {
         (Some(_), Some(_)) => bail!("{what}: set only one of the _env and _file keys"),
         (Some(var), None) => {
@@ -298,6 +438,7 @@ impl Settings {
                 );
             }
         }
+        crate::auth::Authenticator::check_settings(&self.auth, self.server.tls.as_ref())?;
         if !(self.database.url.starts_with("sqlite:")
             || self.database.url.starts_with("postgres:")
             || self.database.url.starts_with("postgresql:"))
@@ -327,7 +468,23 @@ mod tests {
         team = "main"
         username = "gw"
         password_env = "NOPE"
+        [auth]
+        mode = "none"
     "#;
+
+    #[test]
+    fn auth_is_required_unless_explicitly_turned_off() {
+        let text = BASE.replace("mode = \"none\"", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("no caller can authenticate"), "{err}");
+        let with_token = format!(
+            "{text}\n[[auth.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\nscopes = [\"runs:read\"]\n",
+            "ab".repeat(32)
+        );
+        assert!(parse(&with_token).is_ok());
+        let bad_scope = with_token.replace("runs:read", "runs:write");
+        assert!(parse(&bad_scope).is_err());
+    }
 
     #[test]
     fn a_job_naming_a_provider_outside_the_allowlist_is_refused() {

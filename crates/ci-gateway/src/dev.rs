@@ -12,9 +12,12 @@ use anyhow::Context;
 use concourse_sim::{Simulator, World};
 
 use crate::app::{Application, shutdown_signal};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::auth::{Scope, generate_token, token_digest};
 use crate::config::{
-    ClusterSettings, ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings,
-    ServerSettings, Settings,
+    ApiTokenSettings, AuthSettings, ClusterSettings, ConcourseProviderSettings, DatabaseSettings,
+    JobSettings, ProviderSettings, ServerSettings, Settings,
 };
 
 /// The name of the simulated provider in the allowlist.
@@ -73,6 +76,8 @@ pub struct DevGateway {
     pub app: Application,
     /// The simulator behind it.
     pub sim: Simulator,
+    /// A token with every scope, accepted by this gateway only.
+    pub token: SecretString,
     /// Holds the database and the password file; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -112,7 +117,19 @@ pub async fn build(listen: SocketAddr) -> anyhow::Result<DevGateway> {
             password_file,
         )),
     );
+    let token = generate_token();
+    let auth = AuthSettings {
+        tokens: vec![ApiTokenSettings {
+            name: "dev".to_owned(),
+            sha256: Some(token_digest(token.expose_secret())),
+            token_env: None,
+            scopes: Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect(),
+            projects: None,
+        }],
+        ..AuthSettings::default()
+    };
     let settings = Settings {
+        auth,
         listen,
         database: DatabaseSettings {
             url: format!("sqlite://{}", dir.path().join("dev.db").display()),
@@ -127,6 +144,7 @@ pub async fn build(listen: SocketAddr) -> anyhow::Result<DevGateway> {
     Ok(DevGateway {
         app,
         sim,
+        token,
         _dir: dir,
     })
 }
@@ -138,23 +156,27 @@ pub async fn build(listen: SocketAddr) -> anyhow::Result<DevGateway> {
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let dev = build(listen).await?;
     let url = format!("http://{}", dev.app.local_addr());
-    println!("{}", banner(&url));
+    println!("{}", banner(&url, dev.token.expose_secret()));
     dev.app.run_until_stopped(shutdown_signal()).await?;
     dev.sim.shutdown().await;
     Ok(())
 }
 
-fn banner(url: &str) -> String {
+/// The start-up text; the one place the dev token is ever shown (it is never logged).
+fn banner(url: &str, token: &str) -> String {
     format!(
         "\nci-gateway dev is running at {url}\n\
          (a simulated Concourse and a throwaway SQLite database; nothing is kept)\n\n\
+         A token with every scope, valid until this process stops:\n\
+         \x20 export CI_GATEWAY_TOKEN={token}\n\n\
          Try:\n\
-         \x20 curl -s {url}/v1/jobs\n\
-         \x20 curl -s -X POST {url}/v1/jobs/job_payments_build_test/runs \\\n\
+         \x20 curl -s -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" {url}/v1/jobs\n\
+         \x20 curl -s -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" -X POST \\\n\
+         \x20      {url}/v1/jobs/job_payments_build_test/runs \\\n\
          \x20      -H 'content-type: application/json' -d '{{\"idempotency_key\":\"try-1\"}}'\n\
-         \x20 curl -s {url}/v1/runs/RUN_ID\n\
-         \x20 curl -N {url}/v1/runs/RUN_ID/events\n\
-         \x20 curl -s -X POST {url}/v1/runs/RUN_ID/cancel\n\n\
+         \x20 curl -s -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" {url}/v1/runs/RUN_ID\n\
+         \x20 curl -N -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" {url}/v1/runs/RUN_ID/events\n\
+         \x20 curl -s -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" {url}/v1/audit\n\n\
          Press Ctrl-C to stop.\n"
     )
 }

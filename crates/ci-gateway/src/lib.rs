@@ -14,11 +14,15 @@
 //!   its provider events.
 //! - [`bus`]: wakes this process's event streams when an ingester stored something.
 //! - [`http`]: routes, handlers, the JSON error shape, the SSE endpoint.
+//! - [`auth`]: caller authentication (JWT, API tokens, mTLS) and scopes.
+//! - [`audit`]: the hash-chained audit log of triggers and cancels, and its verifier.
 //! - [`app`]: start-up and shutdown; [`dev`]: the zero-configuration dev mode.
 //! - [`cli`]: the command-line client of the API (`ci-gateway jobs …`, `ci-gateway runs …`).
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;

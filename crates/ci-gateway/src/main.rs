@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use ci_gateway::app::{Application, build_providers, catalog, shutdown_signal};
+use ci_gateway::audit::Verification;
+use ci_gateway::auth::Authenticator;
 use ci_gateway::config::Settings;
 
 /// One stable CI API in front of Concourse.
@@ -44,10 +46,29 @@ enum ServerCommand {
         file: PathBuf,
     },
     /// Run a real gateway against a simulated Concourse with example jobs; no configuration.
+    /// Prints a token with every scope.
     Dev {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain; names the first bad row and exits 1 if there is one.
+    Verify {
+        /// The TOML configuration file (its database is checked).
+        #[arg(long, env = "CI_GATEWAY_CONFIG", conflicts_with = "database_url")]
+        config: Option<PathBuf>,
+        /// Or the database URL itself.
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -74,15 +95,58 @@ async fn run(command: ServerCommand) -> anyhow::Result<()> {
             let settings = Settings::load(&file)?;
             let providers = build_providers(&settings, false).await?;
             let jobs = catalog(&settings, &providers)?;
+            let auth = Authenticator::from_settings(&settings.auth, settings.server.tls.as_ref())?;
+            let auth_summary = if auth.is_disabled() {
+                "auth DISABLED (auth.mode = \"none\")".to_owned()
+            } else {
+                format!(
+                    "auth: {} API token(s), jwt {}, {} certificate identit(ies)",
+                    settings.auth.tokens.len(),
+                    if settings.auth.jwt.is_some() {
+                        "on"
+                    } else {
+                        "off"
+                    },
+                    settings.auth.mtls.len()
+                )
+            };
             println!(
-                "{}: OK ({} provider(s), {} job(s))",
+                "{}: OK ({} provider(s), {} job(s); {auth_summary}; tls {})",
                 file.display(),
                 providers.len(),
-                jobs.len()
+                jobs.len(),
+                if settings.server.tls.is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
             );
             Ok(())
         }
         ServerCommand::Dev { listen } => ci_gateway::dev::run(listen).await,
+        ServerCommand::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    database_url,
+                },
+        } => {
+            let url = match (config, database_url) {
+                (_, Some(url)) => url,
+                (Some(file), None) => Settings::load(&file)?.database.url,
+                (None, None) => anyhow::bail!("give --config FILE or --database-url URL"),
+            };
+            let store = ci_gateway::store::connect(&url, 2).await?;
+            match ci_gateway::audit::verify(store.as_ref()).await? {
+                Verification::Intact { rows } => {
+                    println!("audit log intact: {rows} row(s)");
+                    Ok(())
+                }
+                Verification::Broken { seq, problem } => {
+                    anyhow::bail!("audit log broken at row {seq}: {problem}")
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{Decision, NewAudit};
 use crate::bus::EventBus;
 use crate::config::ClusterSettings;
 use crate::domain::{IdempotencyKey, RunId, RunStatus, TenantId};
@@ -124,18 +125,49 @@ impl RunService {
         })
     }
 
+    /// Appends a standalone audit row for a trigger that creates no run: an idempotent replay
+    /// (`allowed`, outcome `replayed`) or a refusal (`denied`, with the error's code).
+    ///
+    /// # Errors
+    /// For a replay, when the row cannot be written (fail closed); a refusal stands anyway.
+    async fn audit_without_run(
+        &self,
+        mut audit: NewAudit,
+        result: Result<Triggered, ApiError>,
+    ) -> Result<Triggered, ApiError> {
+        match &result {
+            Ok(t) => {
+                audit.run_id = Some(t.run.run_id.to_string());
+                audit.outcome = Some("replayed".to_owned());
+                self.store.append_audit(&audit).await?;
+            }
+            Err(e) => {
+                audit.decision = Decision::Denied;
+                audit.reason = Some(e.code().to_owned());
+                if let Err(store) = self.store.append_audit(&audit).await {
+                    tracing::error!(error = %store, "cannot record a refused trigger");
+                }
+            }
+        }
+        result
+    }
+
     /// Triggers a run of `job`, or returns the run an earlier request with the same idempotency
-    /// key made.
+    /// key made. Exactly one audit row is appended (`audit`, completed here): for a new run in
+    /// the same transaction as the run, before the provider is called, so that no build starts
+    /// unless its audit row is committed; the provider's answer is recorded afterwards as the
+    /// row's outcome.
     ///
     /// # Errors
     /// 422 for parameters the job does not take or a reused key with other parameters; provider
-    /// and store failures.
+    /// and store failures (including an audit log that cannot be written).
     #[tracing::instrument(skip_all, fields(job_id = %job.job_id))]
     pub async fn trigger(
         self: &Arc<Self>,
         tenant: &TenantId,
         job: &JobRecord,
         request: TriggerRequest,
+        audit: NewAudit,
     ) -> Result<Triggered, ApiError> {
         let fingerprint = fingerprint(&job.job_id, &request.parameters);
         let same_request = |run: RunRecord| {
@@ -154,16 +186,17 @@ impl RunService {
                 .find_run_by_key(tenant, &job.job_id, key.as_ref())
                 .await?
         {
-            return same_request(run);
+            return self.audit_without_run(audit, same_request(run)).await;
         }
         // No job takes parameters until jobs can declare them: refuse rather than drop them.
         if !request.parameters.is_empty() {
             let names: Vec<&str> = request.parameters.keys().map(String::as_str).collect();
-            return Err(ApiError::InvalidParameters(format!(
+            let refused = ApiError::InvalidParameters(format!(
                 "job {} takes no parameters; unknown: {}",
                 job.job_id,
                 names.join(", ")
-            )));
+            ));
+            return self.audit_without_run(audit, Err(refused)).await;
         }
         let provider = self.provider(&job.provider_id)?.clone();
         let new = NewRun {
@@ -179,16 +212,31 @@ impl RunService {
             ingest_owner: self.replica.clone(),
             lease_until: self.lease_until(),
         };
+        let run_audit = NewAudit {
+            run_id: Some(new.run_id.to_string()),
+            decision: Decision::Allowed,
+            ..audit.clone()
+        };
         let mut run = match self
             .store
-            .insert_run(&new, &status_event(RunStatus::Queued))
+            .insert_run(&new, &status_event(RunStatus::Queued), &run_audit)
             .await?
         {
             InsertOutcome::Created(run) => run,
-            InsertOutcome::Duplicate(run) => return same_request(run),
+            InsertOutcome::Duplicate(run) => {
+                return self.audit_without_run(audit, same_request(run)).await;
+            }
         };
         metrics::counter!("ci_gateway_runs_triggered_total").increment(1);
-        match provider.trigger(&job.provider_ref).await {
+        let result = provider.trigger(&job.provider_ref).await;
+        let outcome = match &result {
+            Ok(_) => "triggered",
+            Err(e) => crate::http::error::provider_code(e),
+        };
+        if let Err(e) = self.store.set_trigger_outcome(run.run_id, outcome).await {
+            tracing::error!(run_id = %run.run_id, error = %e, "cannot record the trigger outcome");
+        }
+        match result {
             Ok(upstream) => {
                 self.store
                     .set_provider_run_ref(run.run_id, &upstream.run_ref)
@@ -206,7 +254,8 @@ impl RunService {
                 Err(ApiError::Provider(e))
             }
             Err(e) => {
-                // The provider certainly did not start it: forget the run so a retry can.
+                // The provider certainly did not start it: forget the run so a retry can. Its
+                // audit row stays, with the refusal as its outcome.
                 tracing::warn!(run_id = %run.run_id, error = %e, "trigger refused");
                 self.store.delete_run(run.run_id).await?;
                 Err(ApiError::Provider(e))

@@ -62,6 +62,35 @@ pub enum ApiError {
     /// A bug; details in the log.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No credentials, or bad ones. Says nothing about which check failed.
+    #[error("authentication required")]
+    Unauthorized,
+    /// Authenticated, but not allowed to do this. Says nothing about which grant is missing.
+    #[error("not allowed")]
+    Forbidden,
+}
+
+impl From<crate::auth::Denial> for ApiError {
+    fn from(d: crate::auth::Denial) -> ApiError {
+        match d {
+            crate::auth::Denial::Unauthenticated => ApiError::Unauthorized,
+            crate::auth::Denial::MissingScope | crate::auth::Denial::ProjectNotAllowed => {
+                ApiError::Forbidden
+            }
+        }
+    }
+}
+
+/// The API's code for a provider failure.
+pub fn provider_code(e: &ProviderError) -> &'static str {
+    match e {
+        ProviderError::Unavailable(_) => "provider_unavailable",
+        ProviderError::Timeout(_) => "provider_timeout",
+        ProviderError::Refused(_) => "job_not_triggerable",
+        ProviderError::NotFound(_)
+        | ProviderError::BadResponse(_)
+        | ProviderError::InvalidRef(_) => "provider_error",
+    }
 }
 
 impl ApiError {
@@ -75,6 +104,8 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::InvalidParameters(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -107,18 +138,13 @@ impl ApiError {
             ApiError::RunNotFound => "run_not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
             ApiError::InvalidParameters(_) => "invalid_parameters",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RunTerminal(_) => "run_already_finished",
             ApiError::RunNotSubmitted => "run_not_submitted",
-            ApiError::Provider(e) => match e {
-                ProviderError::Unavailable(_) => "provider_unavailable",
-                ProviderError::Timeout(_) => "provider_timeout",
-                ProviderError::Refused(_) => "job_not_triggerable",
-                ProviderError::NotFound(_)
-                | ProviderError::BadResponse(_)
-                | ProviderError::InvalidRef(_) => "provider_error",
-            },
+            ApiError::Provider(e) => provider_code(e),
             ApiError::Store(StoreError::Database(_) | StoreError::LeaseLost) => "store_unavailable",
             ApiError::Store(StoreError::Corrupt(_)) | ApiError::Internal(_) => "internal",
         }
@@ -163,6 +189,13 @@ impl IntoResponse for ApiError {
         if let ApiError::RunTerminal(run) = &self {
             body["run"] = json!(RunView::from(run.as_ref()));
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"ci-gateway\""),
+            );
+        }
+        response
     }
 }

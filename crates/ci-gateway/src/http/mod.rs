@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state, middleware.
 
+pub mod caller;
 pub mod error;
 pub mod extract;
 pub mod handlers;
@@ -19,6 +20,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Authenticator;
 use crate::config::ServerSettings;
 use crate::runs::RunService;
 
@@ -31,6 +33,8 @@ pub struct AppState {
     pub server: Arc<ServerSettings>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Checks callers' credentials.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Request ids are ULIDs, so they sort by time in the logs.
@@ -66,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{run_id}", get(handlers::get_run))
         .route("/v1/runs/{run_id}/events", get(sse::run_events))
         .route("/v1/runs/{run_id}/cancel", post(handlers::cancel_run))
+        .route("/v1/audit", get(handlers::list_audit))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))

@@ -48,14 +48,17 @@ fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
 }
 
 /// The handler.
-#[tracing::instrument(skip_all, fields(run_id = %run_id))]
+#[tracing::instrument(skip_all, fields(run_id = %run_id, caller))]
 pub async fn run_events(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     PathParam(run_id): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    caller.record_in_span();
+    caller.require(crate::auth::Scope::RunsRead)?;
     let after = last_event_id(&headers)?;
-    let run = load_run(&state, &run_id).await?;
+    let run = load_run(&state, &caller, &run_id).await?;
     // Subscribe before the first read, so nothing stored in between goes unnoticed.
     let live = state.runs.bus.subscribe(run.run_id);
     let tail = Tail {

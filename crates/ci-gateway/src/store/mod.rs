@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+use crate::audit::{AuditFilter, AuditRecord, NewAudit};
 use crate::domain::{RunId, RunStatus, TenantId};
 
 pub use sql::{PgStore, SqliteStore};
@@ -208,9 +209,40 @@ pub trait Store: Send + Sync + 'static {
     /// One active job.
     async fn get_job(&self, tenant: &TenantId, job_id: &str) -> StoreResult<Option<JobRecord>>;
 
-    /// Creates a run together with its first event, or finds the run that already holds the
-    /// same idempotency key for the same job.
-    async fn insert_run(&self, run: &NewRun, first: &NewEvent) -> StoreResult<InsertOutcome>;
+    /// Creates a run together with its first event and its audit row, in one transaction, or
+    /// finds the run that already holds the same idempotency key for the same job (then nothing
+    /// is written, the audit row neither).
+    ///
+    /// # Errors
+    /// When any of the three cannot be written: then none is (the audit log fails closed).
+    async fn insert_run(
+        &self,
+        run: &NewRun,
+        first: &NewEvent,
+        audit: &NewAudit,
+    ) -> StoreResult<InsertOutcome>;
+
+    /// Appends one audit row to the chain; returns its `seq`.
+    async fn append_audit(&self, entry: &NewAudit) -> StoreResult<i64>;
+
+    /// Records the upstream outcome of the audit row `seq`, once (a later call changes nothing).
+    async fn set_audit_outcome(&self, seq: i64, outcome: &str) -> StoreResult<()>;
+
+    /// Records the upstream outcome of the trigger audit row of `run_id`, once.
+    async fn set_trigger_outcome(&self, run_id: RunId, outcome: &str) -> StoreResult<()>;
+
+    /// The tenant's audit rows matching `filter`, in chain order.
+    async fn list_audit(
+        &self,
+        tenant: &TenantId,
+        filter: &AuditFilter,
+    ) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Up to `limit` rows of the whole chain (every tenant) with `seq > after`, in order.
+    async fn audit_chain(&self, after: i64, limit: i64) -> StoreResult<Vec<AuditRecord>>;
+
+    /// The chain head: how many rows were appended and the last one's hash.
+    async fn audit_head(&self) -> StoreResult<(i64, String)>;
 
     /// The run holding an idempotency key for a job.
     async fn find_run_by_key(

@@ -23,6 +23,7 @@ use super::{
     EventKind, EventRecord, InsertOutcome, JobRecord, NewEvent, NewRun, RunChange, RunRecord,
     Store, StoreError, StoreResult,
 };
+use crate::audit::{AuditFilter, AuditRecord, HashInput, NewAudit, format_time, row_hash};
 use crate::domain::{RunId, RunStatus, TenantId};
 
 /// The store on an embedded SQLite file.
@@ -202,6 +203,57 @@ impl TryFrom<EventRow> for EventRecord {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    at: String,
+    tenant_id: String,
+    caller: String,
+    auth_method: String,
+    action: String,
+    job_id: Option<String>,
+    run_id: Option<String>,
+    parameters: String,
+    idempotency_key: Option<String>,
+    decision: String,
+    reason: Option<String>,
+    request_id: Option<String>,
+    source_addr: Option<String>,
+    prev_hash: String,
+    hash: String,
+    outcome: Option<String>,
+    outcome_at: Option<String>,
+}
+
+impl From<AuditRow> for AuditRecord {
+    fn from(r: AuditRow) -> AuditRecord {
+        AuditRecord {
+            seq: r.seq,
+            at: r.at,
+            tenant_id: r.tenant_id,
+            caller: r.caller,
+            auth_method: r.auth_method,
+            action: r.action,
+            job_id: r.job_id,
+            run_id: r.run_id,
+            parameters: r.parameters,
+            idempotency_key: r.idempotency_key,
+            decision: r.decision,
+            reason: r.reason,
+            request_id: r.request_id,
+            source_addr: r.source_addr,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+            outcome: r.outcome,
+            outcome_at: r.outcome_at,
+        }
+    }
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, tenant_id, caller, auth_method, action, job_id, run_id, \
+     parameters, idempotency_key, decision, reason, request_id, source_addr, prev_hash, hash, \
+     outcome, outcome_at";
+
 const RUN_COLUMNS: &str = "run_id, tenant_id, job_id, status, provider_id, provider_kind, \
      provider_run_ref, parameters, idempotency_key, request_fingerprint, created_at, started_at, \
      finished_at, cancel_requested_at, stream_resume, ended";
@@ -209,6 +261,73 @@ const RUN_COLUMNS: &str = "run_id, tenant_id, job_id, status, provider_id, provi
 /// Stamps out the [`Store`] implementation for one backend.
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
+        impl $store {
+            /// Appends an audit row inside `tx`. Taking the chain head first serializes
+            /// appends: on PostgreSQL the head row stays locked until `tx` ends; on SQLite the
+            /// first write takes the database's write lock.
+            async fn audit_insert(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                e: &NewAudit,
+            ) -> StoreResult<i64> {
+                let (seq, prev): (i64, String) = sqlx::query_as(
+                    "UPDATE ci_audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash",
+                )
+                .fetch_one(&mut **tx)
+                .await?;
+                let at = format_time(e.at);
+                let parameters = Value::Object(e.parameters.clone()).to_string();
+                let hash = row_hash(&HashInput {
+                    seq,
+                    at: &at,
+                    tenant_id: e.tenant_id.as_ref(),
+                    caller: &e.caller,
+                    auth_method: &e.auth_method,
+                    action: e.action.as_str(),
+                    job_id: e.job_id.as_deref(),
+                    run_id: e.run_id.as_deref(),
+                    parameters: &parameters,
+                    idempotency_key: e.idempotency_key.as_deref(),
+                    decision: e.decision.as_str(),
+                    reason: e.reason.as_deref(),
+                    request_id: e.request_id.as_deref(),
+                    source_addr: e.source_addr.as_deref(),
+                    prev_hash: &prev,
+                });
+                let outcome_at = e.outcome.as_ref().map(|_| at.clone());
+                sqlx::query(
+                    "INSERT INTO ci_audit (seq, at, tenant_id, caller, auth_method, action, \
+                     job_id, run_id, parameters, idempotency_key, decision, reason, request_id, \
+                     source_addr, prev_hash, hash, outcome, outcome_at) VALUES ($1, $2, $3, $4, \
+                     $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                )
+                .bind(seq)
+                .bind(&at)
+                .bind(e.tenant_id.as_ref())
+                .bind(&e.caller)
+                .bind(&e.auth_method)
+                .bind(e.action.as_str())
+                .bind(&e.job_id)
+                .bind(&e.run_id)
+                .bind(&parameters)
+                .bind(&e.idempotency_key)
+                .bind(e.decision.as_str())
+                .bind(&e.reason)
+                .bind(&e.request_id)
+                .bind(&e.source_addr)
+                .bind(&prev)
+                .bind(&hash)
+                .bind(&e.outcome)
+                .bind(&outcome_at)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("UPDATE ci_audit_head SET hash = $1 WHERE id = 1")
+                    .bind(&hash)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(seq)
+            }
+        }
+
         #[async_trait]
         impl Store for $store {
             async fn ping(&self) -> StoreResult<()> {
@@ -284,6 +403,7 @@ macro_rules! impl_store {
                 &self,
                 run: &NewRun,
                 first: &NewEvent,
+                audit: &NewAudit,
             ) -> StoreResult<InsertOutcome> {
                 let mut tx = self.pool.begin().await?;
                 // DO NOTHING covers the partial unique index on the idempotency key: a second
@@ -330,6 +450,8 @@ macro_rules! impl_store {
                 .bind(run.created_at)
                 .execute(&mut *tx)
                 .await?;
+                // Fail closed: no audit row, no run (and so no upstream build).
+                Self::audit_insert(&mut tx, audit).await?;
                 let row = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
                     "SELECT {RUN_COLUMNS} FROM ci_run WHERE run_id = $1"
                 )))
@@ -608,6 +730,80 @@ macro_rules! impl_store {
                 .rows_affected())
             }
 
+            async fn append_audit(&self, entry: &NewAudit) -> StoreResult<i64> {
+                let mut tx = self.pool.begin().await?;
+                let seq = Self::audit_insert(&mut tx, entry).await?;
+                tx.commit().await?;
+                Ok(seq)
+            }
+
+            async fn set_audit_outcome(&self, seq: i64, outcome: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE ci_audit SET outcome = $2, outcome_at = $3 \
+                     WHERE seq = $1 AND outcome IS NULL",
+                )
+                .bind(seq)
+                .bind(outcome)
+                .bind(format_time(OffsetDateTime::now_utc()))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn set_trigger_outcome(&self, run_id: RunId, outcome: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE ci_audit SET outcome = $2, outcome_at = $3 \
+                     WHERE run_id = $1 AND action = 'trigger' AND outcome IS NULL",
+                )
+                .bind(run_id.to_string())
+                .bind(outcome)
+                .bind(format_time(OffsetDateTime::now_utc()))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn list_audit(
+                &self,
+                tenant: &TenantId,
+                filter: &AuditFilter,
+            ) -> StoreResult<Vec<AuditRecord>> {
+                let rows = sqlx::query_as::<_, AuditRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {AUDIT_COLUMNS} FROM ci_audit WHERE tenant_id = $1 AND seq > $2 \
+                     AND ($3 IS NULL OR caller = $3) AND ($4 IS NULL OR job_id = $4) \
+                     AND ($5 IS NULL OR action = $5) AND ($6 IS NULL OR at >= $6) \
+                     AND ($7 IS NULL OR at < $7) ORDER BY seq LIMIT $8"
+                )))
+                .bind(tenant.as_ref())
+                .bind(filter.after_seq)
+                .bind(&filter.caller)
+                .bind(&filter.job_id)
+                .bind(&filter.action)
+                .bind(&filter.since)
+                .bind(&filter.until)
+                .bind(filter.limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(AuditRecord::from).collect())
+            }
+
+            async fn audit_chain(&self, after: i64, limit: i64) -> StoreResult<Vec<AuditRecord>> {
+                let rows = sqlx::query_as::<_, AuditRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {AUDIT_COLUMNS} FROM ci_audit WHERE seq > $1 ORDER BY seq LIMIT $2"
+                )))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(AuditRecord::from).collect())
+            }
+
+            async fn audit_head(&self) -> StoreResult<(i64, String)> {
+                Ok(sqlx::query_as("SELECT seq, hash FROM ci_audit_head WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
             async fn mark_cancel_requested(
                 &self,
                 run_id: RunId,
@@ -674,7 +870,23 @@ mod tests {
             kind: EventKind::Status,
             data: json!({"status": "queued"}),
         };
-        store.insert_run(&run, &first).await.unwrap();
+        let audit = crate::audit::NewAudit {
+            at: now,
+            tenant_id: TenantId::default_tenant(),
+            caller: "t".into(),
+            auth_method: "api_token".into(),
+            action: crate::audit::AuditAction::Trigger,
+            job_id: Some("job_a".into()),
+            run_id: Some(run.run_id.to_string()),
+            parameters: Map::new(),
+            idempotency_key: None,
+            decision: crate::audit::Decision::Allowed,
+            reason: None,
+            request_id: None,
+            source_addr: None,
+            outcome: None,
+        };
+        store.insert_run(&run, &first, &audit).await.unwrap();
         store
             .set_provider_run_ref(run.run_id, &json!({"build_id": 1}))
             .await
@@ -732,6 +944,28 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn the_audit_chain_verifies_and_an_edited_row_is_named() {
+        let (store, _dir) = store().await;
+        new_run(&store, "a").await;
+        new_run(&store, "a").await;
+        new_run(&store, "a").await;
+        assert_eq!(
+            crate::audit::verify(&store).await.unwrap(),
+            crate::audit::Verification::Intact { rows: 3 }
+        );
+        sqlx::query("UPDATE ci_audit SET caller = 'mallory' WHERE seq = 2")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let crate::audit::Verification::Broken { seq, .. } =
+            crate::audit::verify(&store).await.unwrap()
+        else {
+            panic!("tampering not found")
+        };
+        assert_eq!(seq, 2);
     }
 
     #[tokio::test]

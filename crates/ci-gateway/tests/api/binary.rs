@@ -25,17 +25,37 @@ async fn dev_mode_serves_example_jobs_end_to_end_and_stops_on_sigterm() {
         .spawn()
         .expect("start ci-gateway dev");
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(PATIENCE, async {
+    let (url, token) = tokio::time::timeout(PATIENCE, async {
+        let mut url = None;
         while let Some(line) = stdout.next_line().await.unwrap() {
             if let Some(rest) = line.split("running at ").nth(1) {
-                return rest.trim().to_owned();
+                url = Some(rest.trim().to_owned());
+            }
+            if let Some(token) = line.split("export CI_GATEWAY_TOKEN=").nth(1) {
+                return (url.expect("URL before the token"), token.trim().to_owned());
             }
         }
-        panic!("dev exited without printing its URL");
+        panic!("dev exited without printing its URL and token");
     })
     .await
     .expect("URL in time");
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let anonymous = reqwest::Client::new()
+        .get(format!("{url}/v1/jobs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 
     let ready = client.get(format!("{url}/readyz")).send().await.unwrap();
     let jobs: serde_json::Value = client
@@ -127,7 +147,10 @@ async fn check_config_accepts_the_example_and_names_what_is_wrong() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK (1 provider(s), 2 job(s))"));
+    assert!(
+        String::from_utf8_lossy(&ok.stdout)
+            .contains("OK (1 provider(s), 2 job(s); auth: 1 API token(s)")
+    );
     assert!(!missing_secret.status.success());
     assert!(
         String::from_utf8_lossy(&missing_secret.stderr).contains("CONCOURSE_PASSWORD is not set")
@@ -148,7 +171,8 @@ async fn serve_with_database(url: &str) -> (bool, String) {
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n[providers.ci]\nkind = \"concourse\"\n\
-             url = \"http://127.0.0.1:9\"\nteam = \"main\"\nusername = \"gw\"\npassword_env = \"GW_TEST_PW\"\n"
+             url = \"http://127.0.0.1:9\"\nteam = \"main\"\nusername = \"gw\"\npassword_env = \"GW_TEST_PW\"\n\
+             [auth]\nmode = \"none\"\n"
         ),
     )
     .unwrap();

@@ -17,15 +17,16 @@ const API_ERROR: i32 = 3;
 const USAGE: i32 = 2;
 const INTERRUPTED: i32 = 130;
 
-/// The binary with `args` and `--server`, with no client setting inherited from the
-/// environment and no colours.
+/// The binary with `args` and `--server`, the suite's token, no client setting inherited from
+/// the environment, and no colours.
 fn cli(server: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ci-gateway"));
     command
         .args(args)
         .args(["--server", server])
         .env_remove("CI_GATEWAY_URL")
-        .env_remove("CI_GATEWAY_TOKEN")
+        // The suite's caller token; a test that sets its own overrides it.
+        .env("CI_GATEWAY_TOKEN", CALLER_TOKEN)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .kill_on_drop(true);

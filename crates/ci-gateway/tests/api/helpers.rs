@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ci_gateway::Application;
 use ci_gateway::config::{
-    ClusterSettings, ConcourseProviderSettings, DatabaseSettings, JobSettings, ProviderSettings,
-    ServerSettings, Settings,
+    ApiTokenSettings, AuthSettings, ClusterSettings, ConcourseProviderSettings, DatabaseSettings,
+    JobSettings, ProviderSettings, ServerSettings, Settings, TlsSettings,
 };
 use concourse_sim::{Job, Pipeline, Role, Script, Simulator, Team, User, World};
 use eventsource_stream::Eventsource;
@@ -22,6 +22,49 @@ pub const TEAM: &str = "team-canary-7f3a";
 pub const PIPELINE: &str = "pipeline-canary-payments";
 pub const USERNAME: &str = "gw-canary-user";
 pub const PASSWORD: &str = "pw-canary-Z9qLk2";
+
+/// The caller token every request of the suite carries unless a test says otherwise: a canary
+/// too, so no response may contain it.
+pub const CALLER_TOKEN: &str = "cigw_caller-canary-Hq7Wm3pX";
+/// The name it is configured under.
+pub const CALLER: &str = "test-operator";
+
+/// `[auth]` with the suite's operator token (every scope) and `extra` tokens.
+pub fn auth_with(extra: Vec<ApiTokenSettings>) -> AuthSettings {
+    let mut tokens = vec![token_settings(
+        CALLER,
+        CALLER_TOKEN,
+        &[
+            "jobs:read",
+            "runs:read",
+            "runs:trigger",
+            "runs:cancel",
+            "audit:read",
+        ],
+        None,
+    )];
+    tokens.extend(extra);
+    AuthSettings {
+        tokens,
+        ..AuthSettings::default()
+    }
+}
+
+/// An API token entry holding only the token's digest.
+pub fn token_settings(
+    name: &str,
+    token: &str,
+    scopes: &[&str],
+    projects: Option<&[&str]>,
+) -> ApiTokenSettings {
+    ApiTokenSettings {
+        name: name.to_owned(),
+        sha256: Some(ci_gateway::auth::token_digest(token)),
+        token_env: None,
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        projects: projects.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
+    }
+}
 
 /// The job ids of [`world`], bound to jobs of [`PIPELINE`].
 pub const JOB_OK: &str = "job_payments_build_test";
@@ -164,6 +207,11 @@ impl TestDb {
         TestDb { url, dir }
     }
 
+    /// Whether this is a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        !self.url.starts_with("sqlite:")
+    }
+
     /// Counts the rows of a table, straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
@@ -173,11 +221,11 @@ impl TestDb {
             .expect("count"))
     }
 
-    /// Runs one statement straight on the database.
+    /// Runs statements straight on the database (fault injection, tampering).
     pub async fn execute(&self, sql: &str) {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         on_db!(self, |pool| {
-            sqlx::query(sql).execute(&pool).await.expect("execute");
+            sqlx::raw_sql(sql).execute(&pool).await.expect("statement");
         });
     }
 
@@ -217,6 +265,12 @@ pub struct Options {
     pub heartbeat_secs: u64,
     pub password: String,
     pub lease_ttl_secs: u64,
+    pub auth: AuthSettings,
+    pub tls: Option<TlsSettings>,
+    /// The client requests go through (e.g. one trusting a test CA).
+    pub client: Option<reqwest::Client>,
+    /// The token `send` adds to requests without an Authorization header.
+    pub token: Option<String>,
 }
 
 impl Default for Options {
@@ -226,6 +280,10 @@ impl Default for Options {
             heartbeat_secs: 15,
             password: PASSWORD.to_owned(),
             lease_ttl_secs: 15,
+            auth: auth_with(Vec::new()),
+            tls: None,
+            client: None,
+            token: Some(CALLER_TOKEN.to_owned()),
         }
     }
 }
@@ -240,6 +298,8 @@ pub struct TestApp {
     pub server: tokio::task::JoinHandle<()>,
     /// Strings no response may contain.
     pub secrets: Vec<String>,
+    /// Added as a bearer token to requests that carry no Authorization header.
+    pub token: Option<String>,
 }
 
 /// A response, read whole.
@@ -287,11 +347,81 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(world(), Options::default()).await
 }
 
-/// Logs to the test's output when `RUST_LOG` is set.
-pub fn init_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+/// Every log line of the suite, from every test (one global subscriber, at debug unless
+/// `RUST_LOG` says otherwise), so leaks can be looked for across the whole run.
+pub static LOGS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Strings no log line may contain; tests add their own (e.g. a JWT they sent).
+pub static LOG_CANARIES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Canaries found in a log line so far: any entry fails every later `send` of the suite.
+pub static LOG_LEAKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a string that must never be logged.
+pub fn log_canary(canary: &str) {
+    LOG_CANARIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(canary.to_owned());
+}
+
+/// Appends log output to [`LOGS`] and checks each write against the canaries.
+struct LogSink {
+    echo: bool,
+}
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let found: Vec<String> = LOG_CANARIES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|c| text.contains(c.as_str()))
+            .cloned()
+            .collect();
+        if !found.is_empty() {
+            LOG_LEAKS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(found);
+        }
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(&text);
+        if self.echo {
+            eprint!("{text}");
+        }
+        Ok(buf.len())
     }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the suite's log capture once. Logs go to the test output too when `RUST_LOG` is
+/// set.
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for canary in [PASSWORD, CALLER_TOKEN] {
+            log_canary(canary);
+        }
+        let echo = std::env::var_os("RUST_LOG").is_some();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || LogSink { echo })
+            .try_init();
+    });
+}
+
+/// Fails the test if any log line of the suite so far carried a canary.
+pub fn assert_no_log_leak() {
+    let leaks = LOG_LEAKS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(leaks.is_empty(), "log lines carry {leaks:?}");
 }
 
 pub async fn spawn_app_with(world: World, options: Options) -> TestApp {
@@ -325,6 +455,7 @@ pub fn settings(sim: &Simulator, db: &TestDb, options: &Options) -> Settings {
         },
         server: ServerSettings {
             sse_heartbeat_secs: options.heartbeat_secs,
+            tls: options.tls.clone(),
             ..Default::default()
         },
         cluster: ClusterSettings {
@@ -333,6 +464,7 @@ pub fn settings(sim: &Simulator, db: &TestDb, options: &Options) -> Settings {
         },
         providers,
         jobs: options.jobs.clone(),
+        auth: options.auth.clone(),
     }
 }
 
@@ -345,6 +477,7 @@ fn secrets(sim: &Simulator) -> Vec<String> {
         PIPELINE.to_owned(),
         PASSWORD.to_owned(),
         USERNAME.to_owned(),
+        CALLER_TOKEN.to_owned(),
     ]
 }
 
@@ -355,7 +488,12 @@ pub async fn start_gateway(
     options: Options,
 ) -> anyhow::Result<TestApp> {
     let app = Application::build(settings(&sim, &db, &options)).await?;
-    let addr = format!("http://{}", app.local_addr());
+    // The test server certificate is issued to `localhost`.
+    let addr = if options.tls.is_some() {
+        format!("https://localhost:{}", app.local_addr().port())
+    } else {
+        format!("http://{}", app.local_addr())
+    };
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(async move {
         app.run_until_stopped(std::future::pending())
@@ -367,10 +505,11 @@ pub async fn start_gateway(
         addr,
         sim,
         db,
-        client: reqwest::Client::new(),
+        client: options.client.unwrap_or_default(),
         shutdown,
         server,
         secrets,
+        token: options.token,
     })
 }
 
@@ -386,6 +525,7 @@ impl TestApp {
             shutdown: CancellationToken::new(),
             server: tokio::spawn(async {}),
             secrets,
+            token: Some(CALLER_TOKEN.to_owned()),
         }
     }
 
@@ -406,8 +546,26 @@ impl TestApp {
         }
     }
 
+    /// Sends a request with the suite's caller token (unless it carries its own credential),
+    /// and checks the response for leaks.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("request");
+        let mut request = request.build().expect("request");
+        if let Some(token) = &self.token
+            && !request.headers().contains_key("authorization")
+        {
+            let value = format!("Bearer {token}").parse().expect("header value");
+            request.headers_mut().insert("authorization", value);
+        }
+        self.send_raw(request).await
+    }
+
+    /// Sends a request exactly as built: no credential is added.
+    pub async fn send_anonymous(&self, request: reqwest::RequestBuilder) -> Reply {
+        self.send_raw(request.build().expect("request")).await
+    }
+
+    async fn send_raw(&self, request: reqwest::Request) -> Reply {
+        let response = self.client.execute(request).await.expect("request");
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.text().await.expect("body");
@@ -418,6 +576,7 @@ impl TestApp {
             );
         }
         self.assert_no_leak("body", &body);
+        assert_no_log_leak();
         assert!(
             !body.is_empty() || status == StatusCode::NO_CONTENT,
             "empty body, {status}"
@@ -477,6 +636,9 @@ impl TestApp {
             .get(self.url(&format!("/v1/runs/{run_id}/events")));
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
         let response = request.send().await.expect("events request");
         assert_eq!(response.status(), StatusCode::OK);

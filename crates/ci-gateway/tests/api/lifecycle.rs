@@ -249,6 +249,7 @@ async fn an_idle_stream_gets_heartbeat_comments() {
     let mut response = app
         .client
         .get(app.url(&format!("/v1/runs/{run_id}/events")))
+        .bearer_auth(CALLER_TOKEN)
         .send()
         .await
         .unwrap();

@@ -25,10 +25,13 @@ async fn start_replica(sim: &Arc<Simulator>, db: &Arc<TestDb>) -> Replica {
     let mut config = format!(
         "listen = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\n[cluster]\nlease_ttl_secs = 2\n\
          [providers.ci]\nkind = \"concourse\"\nurl = \"{}\"\nteam = \"{TEAM}\"\nusername = \"{USERNAME}\"\n\
-         password_file = \"{}\"\n",
+         password_file = \"{}\"\n\
+         [[auth.tokens]]\nname = \"{CALLER}\"\nsha256 = \"{}\"\n\
+         scopes = [\"jobs:read\", \"runs:read\", \"runs:trigger\", \"runs:cancel\"]\n",
         db.url,
         sim.url(),
-        password_file.display()
+        password_file.display(),
+        ci_gateway::auth::token_digest(CALLER_TOKEN),
     );
     for (id, job) in [(JOB_LONG, "long"), (JOB_SLOW, "integration")] {
         config.push_str(&format!(

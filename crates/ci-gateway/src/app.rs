@@ -19,6 +19,9 @@ use crate::provider::concourse::ConcourseProvider;
 use crate::runs::{Providers, RunService};
 use crate::store::{self, JobRecord, Store};
 
+/// How long in-flight requests may take to finish once a shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A built gateway, bound to its port, not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -259,16 +262,28 @@ impl Application {
         // ConnectInfo gives handlers the peer address for the audit log.
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let served = match self.tls {
-            None => axum::serve(self.listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .map_err(anyhow::Error::from),
+            None => {
+                let serving = axum::serve(self.listener, app).with_graceful_shutdown(stop);
+                // In-flight requests get a grace period once the shutdown starts; a client that
+                // trickles a request (or never finishes one) cannot hold the process up longer.
+                let deadline = async {
+                    token.cancelled().await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                };
+                tokio::select! {
+                    served = serving => served.map_err(anyhow::Error::from),
+                    () = deadline => {
+                        tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still open; stopping anyway");
+                        Ok(())
+                    }
+                }
+            }
             Some(config) => {
                 let handle = axum_server::Handle::new();
                 let stopper = handle.clone();
                 tokio::spawn(async move {
                     stop.await;
-                    stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+                    stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
                 });
                 let listener = self.listener.into_std()?;
                 axum_server::from_tcp_rustls(

@@ -169,64 +169,121 @@ impl RunService {
         request: TriggerRequest,
         audit: NewAudit,
     ) -> Result<Triggered, ApiError> {
+        // Detached: a caller that hangs up mid-request must not leave a run half-submitted
+        // (or an upstream build nobody follows); the work finishes and the retry finds it.
+        let this = Arc::clone(self);
+        let (tenant, job) = (tenant.clone(), job.clone());
+        tokio::spawn(async move { this.trigger_detached(&tenant, &job, request, audit).await })
+            .await
+            .map_err(|e| ApiError::Internal(format!("the trigger task failed: {e}")))?
+    }
+
+    async fn trigger_detached(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        job: &JobRecord,
+        request: TriggerRequest,
+        audit: NewAudit,
+    ) -> Result<Triggered, ApiError> {
+        self.provider(&job.provider_id)?;
         let fingerprint = fingerprint(&job.job_id, &request.parameters);
-        let same_request = |run: RunRecord| {
-            if run.request_fingerprint == fingerprint {
-                Ok(Triggered {
-                    run,
-                    created: false,
-                })
-            } else {
-                Err(ApiError::IdempotencyKeyReused)
+        let key = request.idempotency_key.map(|k| k.as_ref().to_owned());
+        // A key changes hands only when the trigger that held it was refused upstream; then each
+        // waiting request makes its own attempt, one at a time. Bounded, to answer in time.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(key) = &key
+                && let Some(run) = self.store.find_run_by_key(tenant, &job.job_id, key).await?
+            {
+                match self.replay(tenant, run, &fingerprint).await {
+                    Some(result) => return self.audit_without_run(audit, result).await,
+                    None => continue,
+                }
             }
-        };
-        if let Some(key) = &request.idempotency_key
-            && let Some(run) = self
-                .store
-                .find_run_by_key(tenant, &job.job_id, key.as_ref())
-                .await?
-        {
-            return self.audit_without_run(audit, same_request(run)).await;
+            // No job takes parameters until jobs can declare them: refuse rather than drop them.
+            if !request.parameters.is_empty() {
+                let names: Vec<&str> = request.parameters.keys().map(String::as_str).collect();
+                let refused = ApiError::InvalidParameters(format!(
+                    "job {} takes no parameters; unknown: {}",
+                    job.job_id,
+                    names.join(", ")
+                ));
+                return self.audit_without_run(audit, Err(refused)).await;
+            }
+            let new = NewRun {
+                run_id: RunId::generate(),
+                tenant_id: tenant.clone(),
+                job_id: job.job_id.clone(),
+                provider_id: job.provider_id.clone(),
+                provider_kind: job.provider_kind.clone(),
+                parameters: request.parameters.clone(),
+                idempotency_key: key.clone(),
+                request_fingerprint: fingerprint.clone(),
+                created_at: OffsetDateTime::now_utc(),
+                ingest_owner: self.replica.clone(),
+                lease_until: self.lease_until(),
+            };
+            let run_audit = NewAudit {
+                run_id: Some(new.run_id.to_string()),
+                decision: Decision::Allowed,
+                ..audit.clone()
+            };
+            let first = status_event(RunStatus::Queued);
+            match self.store.insert_run(&new, &first, &run_audit).await? {
+                InsertOutcome::Created(run) => return self.submit(run, job).await,
+                InsertOutcome::Duplicate(run) => match self.replay(tenant, run, &fingerprint).await
+                {
+                    Some(result) => return self.audit_without_run(audit, result).await,
+                    None => continue,
+                },
+                InsertOutcome::Vanished => continue,
+            }
         }
-        // No job takes parameters until jobs can declare them: refuse rather than drop them.
-        if !request.parameters.is_empty() {
-            let names: Vec<&str> = request.parameters.keys().map(String::as_str).collect();
-            let refused = ApiError::InvalidParameters(format!(
-                "job {} takes no parameters; unknown: {}",
-                job.job_id,
-                names.join(", ")
-            ));
-            return self.audit_without_run(audit, Err(refused)).await;
+        let busy = ApiError::Busy("this idempotency key is contended; retry".to_owned());
+        self.audit_without_run(audit, Err(busy)).await
+    }
+
+    /// The answer to a request whose idempotency key a run already holds: 422 if it asked for
+    /// something else; otherwise the run, once its submission upstream has settled (so no
+    /// caller is handed a run that is then withdrawn). `None` when the run was withdrawn (its
+    /// trigger was refused upstream): the caller tries again.
+    async fn replay(
+        &self,
+        tenant: &TenantId,
+        mut run: RunRecord,
+        fingerprint: &str,
+    ) -> Option<Result<Triggered, ApiError>> {
+        if run.request_fingerprint != fingerprint {
+            return Some(Err(ApiError::IdempotencyKeyReused));
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(10);
+        // Polls the store: the submitting request may be on another replica.
+        while run.provider_run_ref.is_none() && !run.ended {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+            match self.store.get_run(tenant, run.run_id).await {
+                Ok(Some(current)) => run = current,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        Some(Ok(Triggered {
+            run,
+            created: false,
+        }))
+    }
+
+    /// Sends a freshly stored run to its provider and records the answer.
+    async fn submit(
+        self: &Arc<Self>,
+        mut run: RunRecord,
+        job: &JobRecord,
+    ) -> Result<Triggered, ApiError> {
         let provider = self.provider(&job.provider_id)?.clone();
-        let new = NewRun {
-            run_id: RunId::generate(),
-            tenant_id: tenant.clone(),
-            job_id: job.job_id.clone(),
-            provider_id: job.provider_id.clone(),
-            provider_kind: job.provider_kind.clone(),
-            parameters: request.parameters,
-            idempotency_key: request.idempotency_key.map(|k| k.as_ref().to_owned()),
-            request_fingerprint: fingerprint.clone(),
-            created_at: OffsetDateTime::now_utc(),
-            ingest_owner: self.replica.clone(),
-            lease_until: self.lease_until(),
-        };
-        let run_audit = NewAudit {
-            run_id: Some(new.run_id.to_string()),
-            decision: Decision::Allowed,
-            ..audit.clone()
-        };
-        let mut run = match self
-            .store
-            .insert_run(&new, &status_event(RunStatus::Queued), &run_audit)
-            .await?
-        {
-            InsertOutcome::Created(run) => run,
-            InsertOutcome::Duplicate(run) => {
-                return self.audit_without_run(audit, same_request(run)).await;
-            }
-        };
         metrics::counter!("ci_gateway_runs_triggered_total").increment(1);
         let result = provider.trigger(&job.provider_ref).await;
         let outcome = match &result {
@@ -269,7 +326,7 @@ impl RunService {
     /// 409 with the run when it already finished; provider and store failures.
     #[tracing::instrument(skip_all, fields(run_id = %run.run_id))]
     pub async fn cancel(&self, run: RunRecord) -> Result<RunRecord, ApiError> {
-        if run.status.is_terminal() {
+        if run.is_finished() {
             return Err(ApiError::RunTerminal(Box::new(run)));
         }
         let Some(run_ref) = &run.provider_run_ref else {
@@ -327,8 +384,19 @@ impl RunService {
             self.watch(run);
             adopted += 1;
         }
-        // Accepted, but the replica stopped before the provider answered: nobody can tell
-        // whether it started, so say so instead of leaving it queued forever.
+        self.settle_unsubmitted().await?;
+        Ok(adopted)
+    }
+
+    /// Ends, as `unknown`, runs accepted over two minutes ago whose submission never finished
+    /// (their replica died while the provider was answering): nobody can tell whether they
+    /// started, so say so instead of leaving them queued forever. Each replica settles its own
+    /// such runs and any whose replica's lease expired.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn settle_unsubmitted(&self) -> Result<(), ApiError> {
+        let now = OffsetDateTime::now_utc();
         let stale = now - time::Duration::minutes(2);
         for run in self.store.open_runs().await? {
             if run.provider_run_ref.is_none()
@@ -342,7 +410,7 @@ impl RunService {
                 self.finish(&run, RunStatus::Unknown).await?;
             }
         }
-        Ok(adopted)
+        Ok(())
     }
 
     /// The cluster's background work, on whichever replica holds the maintenance lease: adopt
@@ -375,6 +443,7 @@ impl RunService {
             .acquire_lease(MAINTENANCE_LEASE, &self.replica, until, now)
             .await?
         {
+            self.settle_unsubmitted().await?;
             return Ok(false);
         }
         let adopted = self.adopt_orphans().await?;

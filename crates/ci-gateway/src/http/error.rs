@@ -62,6 +62,9 @@ pub enum ApiError {
     /// A bug; details in the log.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Contention the caller should retry after a moment.
+    #[error("{0}")]
+    Busy(String),
     /// No credentials, or bad ones. Says nothing about which check failed.
     #[error("authentication required")]
     Unauthorized,
@@ -121,6 +124,7 @@ impl ApiError {
             ApiError::Store(StoreError::Database(_) | StoreError::LeaseLost) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(StoreError::Corrupt(_)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -146,6 +150,7 @@ impl ApiError {
             ApiError::RunNotSubmitted => "run_not_submitted",
             ApiError::Provider(e) => provider_code(e),
             ApiError::Store(StoreError::Database(_) | StoreError::LeaseLost) => "store_unavailable",
+            ApiError::Busy(_) => "busy",
             ApiError::Store(StoreError::Corrupt(_)) | ApiError::Internal(_) => "internal",
         }
     }

@@ -58,6 +58,11 @@ fn idempotency_key(
     body: Option<String>,
     headers: &HeaderMap,
 ) -> Result<Option<IdempotencyKey>, ApiError> {
+    if headers.get_all("idempotency-key").iter().count() > 1 {
+        return Err(ApiError::InvalidRequest(
+            "give one Idempotency-Key header".to_owned(),
+        ));
+    }
     let header = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(

@@ -24,7 +24,7 @@ use super::error::ApiError;
 use super::extract::PathParam;
 use super::handlers::load_run;
 use crate::bus::Batch;
-use crate::domain::RunId;
+use crate::domain::{RunId, TenantId};
 use crate::runs::RunService;
 use crate::store::{EventKind, EventRecord};
 
@@ -36,9 +36,15 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// Reads `Last-Event-ID`: the id of the last event the caller has, so the stream starts after it.
 fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
-    let Some(value) = headers.get("last-event-id") else {
+    let mut values = headers.get_all("last-event-id").iter();
+    let Some(value) = values.next() else {
         return Ok(-1);
     };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidRequest(
+            "give one Last-Event-ID header".to_owned(),
+        ));
+    }
     value
         .to_str()
         .ok()
@@ -63,6 +69,7 @@ pub async fn run_events(
     let live = state.runs.bus.subscribe(run.run_id);
     let tail = Tail {
         runs: Arc::clone(&state.runs),
+        tenant: caller.tenant.clone(),
         run_id: run.run_id,
         cursor: after,
         pending: VecDeque::new(),
@@ -86,6 +93,7 @@ pub async fn run_events(
 /// One caller's position in a run's events.
 struct Tail {
     runs: Arc<RunService>,
+    tenant: TenantId,
     run_id: RunId,
     /// The last event sent.
     cursor: i64,
@@ -181,6 +189,11 @@ impl Tail {
             }
             // Stored since the read above: read again.
             Some(_) => Ok(true),
+            // A run withdrawn after its trigger was refused never ends: close its stream.
+            None if store.get_run(&self.tenant, self.run_id).await?.is_none() => {
+                self.done = true;
+                Ok(true)
+            }
             None => Ok(false),
         }
     }

@@ -89,7 +89,7 @@ impl From<&RunRecord> for RunView {
             started_at: r.started_at.map(timestamp),
             finished_at: r.finished_at.map(timestamp),
             parameters: r.parameters.clone(),
-            terminal: r.status.is_terminal(),
+            terminal: r.is_finished(),
         }
     }
 }

@@ -92,6 +92,14 @@ pub struct RunRecord {
     pub ended: bool,
 }
 
+impl RunRecord {
+    /// True once nothing about the run changes any more: a final status, or an `unknown` one
+    /// the gateway gave up on (its stream has ended).
+    pub fn is_finished(&self) -> bool {
+        self.ended || self.status.is_terminal()
+    }
+}
+
 /// A run about to be created.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -191,6 +199,9 @@ pub enum InsertOutcome {
     Created(RunRecord),
     /// A run with the same idempotency key for the same job already exists.
     Duplicate(RunRecord),
+    /// A run held the key, but it was gone before it could be read (its trigger was refused and
+    /// it was removed): try again.
+    Vanished,
 }
 
 /// The gateway's persistence.

@@ -260,7 +260,7 @@ const RUN_COLUMNS: &str = "run_id, tenant_id, job_id, status, provider_id, provi
 
 /// Stamps out the [`Store`] implementation for one backend.
 macro_rules! impl_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $begin:literal) => {
         impl $store {
             /// Appends an audit row inside `tx`. Taking the chain head first serializes
             /// appends: on PostgreSQL the head row stays locked until `tx` ends; on SQLite the
@@ -337,7 +337,7 @@ macro_rules! impl_store {
 
             async fn sync_jobs(&self, tenant: &TenantId, jobs: &[JobRecord]) -> StoreResult<()> {
                 let now = OffsetDateTime::now_utc();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin).await?;
                 sqlx::query("UPDATE ci_job SET active = FALSE, updated_at = $2 WHERE tenant_id = $1")
                     .bind(tenant.as_ref())
                     .bind(now)
@@ -405,7 +405,7 @@ macro_rules! impl_store {
                 first: &NewEvent,
                 audit: &NewAudit,
             ) -> StoreResult<InsertOutcome> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin).await?;
                 // DO NOTHING covers the partial unique index on the idempotency key: a second
                 // request with the same key inserts nothing and reads the first one's run.
                 let inserted = sqlx::query(
@@ -436,9 +436,7 @@ macro_rules! impl_store {
                         StoreError::Corrupt(format!("run id {} inserted twice", run.run_id))
                     })?;
                     let existing = self.find_run_by_key(&run.tenant_id, &run.job_id, key).await?;
-                    return existing.map(InsertOutcome::Duplicate).ok_or_else(|| {
-                        StoreError::Corrupt("idempotency conflict without a run".to_owned())
-                    });
+                    return Ok(existing.map_or(InsertOutcome::Vanished, InsertOutcome::Duplicate));
                 }
                 sqlx::query(
                     "INSERT INTO ci_run_event (run_id, seq, kind, data, created_at) \
@@ -507,7 +505,7 @@ macro_rules! impl_store {
             }
 
             async fn delete_run(&self, run_id: RunId) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin).await?;
                 sqlx::query("DELETE FROM ci_run_event WHERE run_id = $1")
                     .bind(run_id.to_string())
                     .execute(&mut *tx)
@@ -529,7 +527,7 @@ macro_rules! impl_store {
             ) -> StoreResult<Vec<EventRecord>> {
                 let id = run_id.to_string();
                 let now = OffsetDateTime::now_utc();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin).await?;
                 let next: i64 = sqlx::query_scalar(
                     "SELECT COALESCE(MAX(seq), -1) + 1 FROM ci_run_event WHERE run_id = $1",
                 )
@@ -731,7 +729,7 @@ macro_rules! impl_store {
             }
 
             async fn append_audit(&self, entry: &NewAudit) -> StoreResult<i64> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.pool.begin_with($begin).await?;
                 let seq = Self::audit_insert(&mut tx, entry).await?;
                 tx.commit().await?;
                 Ok(seq)
@@ -823,8 +821,11 @@ macro_rules! impl_store {
     };
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite);
-impl_store!(PgStore, sqlx::Postgres);
+// SQLite: take the write lock when the transaction begins. A deferred transaction that reads
+// and then writes fails at once with "database is locked" when another connection wrote in
+// between (the busy timeout cannot help it); an immediate one waits its turn.
+impl_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
+impl_store!(PgStore, sqlx::Postgres, "BEGIN");
 
 #[cfg(test)]
 mod tests {

@@ -77,6 +77,15 @@ async fn bad_requests_get_the_error_shape_and_write_nothing() {
         )
         .await;
     mismatched.assert_error(400, "invalid_request");
+    let two_keys = app
+        .send(
+            app.client
+                .post(app.url(&runs))
+                .header("idempotency-key", "a")
+                .header("idempotency-key", "a"),
+        )
+        .await;
+    two_keys.assert_error(400, "invalid_request");
 
     assert_eq!(app.db.count("ci_run").await, 0);
     assert_eq!(app.db.count("ci_run_event").await, 0);

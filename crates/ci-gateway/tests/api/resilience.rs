@@ -199,3 +199,53 @@ async fn names_with_reserved_characters_reach_the_right_upstream_job() {
         (ODD_PIPELINE, ODD_JOB)
     );
 }
+
+#[tokio::test]
+async fn racing_triggers_of_a_job_concourse_refuses_all_get_the_refusal() {
+    let app = spawn_app().await;
+    let body = json!({"idempotency_key": "refused-race"});
+
+    let replies =
+        futures_util::future::join_all((0..30).map(|_| app.trigger(JOB_DISABLED, &body))).await;
+
+    for reply in &replies {
+        reply.assert_error(409, "job_not_triggerable");
+    }
+    assert_eq!(app.db.count("ci_run").await, 0);
+    assert!(app.sim.builds().is_empty());
+}
+
+#[tokio::test]
+async fn a_run_whose_build_vanished_upstream_ends_unknown_and_cannot_be_canceled() {
+    let app = spawn_app().await;
+    let run_id = app.trigger_ok(JOB_SLOW).await;
+    let mut reader = app.open_events(&run_id, None).await;
+    reader.until(|e| e.event == "log").await;
+
+    // The ATC comes back on the same address without the build (say, a fresh database).
+    app.sim.stop();
+    let addr = app.sim.addr();
+    let mut restarted = None;
+    for _ in 0..100 {
+        match concourse_sim::Simulator::start_on(addr, world()).await {
+            Ok(sim) => {
+                restarted = Some(sim);
+                break;
+            }
+            // The old listener closes asynchronously.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let _sim = restarted.expect("the simulator restarts on its address");
+    let rest = reader.until_end().await;
+
+    assert_eq!(rest.last().unwrap().data, json!({"status": "unknown"}));
+    let run = app.run(&run_id).await;
+    assert_eq!(
+        (run["status"].as_str(), run["terminal"].as_bool()),
+        (Some("unknown"), Some(true))
+    );
+    app.cancel(&run_id)
+        .await
+        .assert_error(409, "run_already_finished");
+}

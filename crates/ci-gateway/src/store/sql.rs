@@ -17,8 +17,8 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 
 use super::{
-    EventKind, EventRecord, InsertOutcome, JobRecord, NewEvent, NewRun, RunChange, RunRecord,
-    Store, StoreError, StoreResult,
+    EventKind, EventRecord, InsertOutcome, JobRecord, NewEvent, NewRun, RunChange, RunFilter,
+    RunRecord, Store, StoreError, StoreResult,
 };
 use crate::domain::{RunId, RunStatus, TenantId};
 
@@ -193,8 +193,13 @@ const RUN_COLUMNS: &str = "run_id, tenant_id, job_id, status, provider_id, provi
      finished_at, cancel_requested_at, stream_resume, ended";
 
 /// Stamps out the [`Store`] implementation for one backend.
+///
+/// `$time_key` wraps a timestamp (column or bound value) into what the backend orders by:
+/// PostgreSQL compares `TIMESTAMPTZ` as is; SQLite stores RFC 3339 text whose fraction has no
+/// fixed width (`…:00Z` sorts after `…:00.5Z`), so it compares a fixed-width rendering to the
+/// millisecond, the same expression as its `ci_run_listing` index.
 macro_rules! impl_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $time_key:expr) => {
         #[async_trait]
         impl Store for $store {
             async fn ping(&self) -> StoreResult<()> {
@@ -359,6 +364,53 @@ macro_rules! impl_store {
                 .await?
                 .map(RunRecord::try_from)
                 .transpose()
+            }
+
+            async fn list_runs(
+                &self,
+                tenant: &TenantId,
+                filter: &RunFilter,
+                limit: i64,
+            ) -> StoreResult<Vec<RunRecord>> {
+                let (key_open, key_close): (&str, &str) = $time_key;
+                let created = format!("{key_open}created_at{key_close}");
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {RUN_COLUMNS} FROM ci_run WHERE tenant_id = "
+                ));
+                q.push_bind(tenant.as_ref().to_owned());
+                if let Some(job_id) = &filter.job_id {
+                    q.push(" AND job_id = ").push_bind(job_id.clone());
+                }
+                if let Some(status) = filter.status {
+                    q.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(t) = filter.created_after {
+                    q.push(format!(" AND {created} >= {key_open}"))
+                        .push_bind(t)
+                        .push(key_close);
+                }
+                if let Some(t) = filter.created_before {
+                    q.push(format!(" AND {created} < {key_open}"))
+                        .push_bind(t)
+                        .push(key_close);
+                }
+                if let Some((t, run_id)) = filter.after {
+                    q.push(format!(" AND ({created} < {key_open}"))
+                        .push_bind(t)
+                        .push(format!("{key_close} OR ({created} = {key_open}"))
+                        .push_bind(t)
+                        .push(format!("{key_close} AND run_id < "))
+                        .push_bind(run_id.to_string())
+                        .push("))");
+                }
+                q.push(format!(" ORDER BY {created} DESC, run_id DESC LIMIT "))
+                    .push_bind(limit);
+                q.build_query_as::<RunRow>()
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .map(RunRecord::try_from)
+                    .collect()
             }
 
             async fn set_provider_run_ref(&self, run_id: RunId, run_ref: &Value) -> StoreResult<()> {
@@ -613,8 +665,12 @@ macro_rules! impl_store {
     };
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite);
-impl_store!(PgStore, sqlx::Postgres);
+impl_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    ("strftime('%Y-%m-%dT%H:%M:%f', ", ")")
+);
+impl_store!(PgStore, sqlx::Postgres, ("", ""));
 
 #[cfg(test)]
 mod tests {

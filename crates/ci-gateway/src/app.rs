@@ -141,6 +141,7 @@ impl Application {
             runs,
             server: Arc::new(settings.server.clone()),
             metrics: metrics_handle(),
+            openapi: crate::http::openapi::Document(Arc::new(crate::http::openapi::document())),
         };
         Ok(Application { listener, state })
     }
@@ -151,6 +152,12 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The router this gateway serves (cheap: the state is shared), for in-process requests and
+    /// for inspecting its routes.
+    pub fn router(&self) -> axum::Router {
+        router(self.state.clone())
     }
 
     /// A token that stops the gateway when cancelled.
@@ -181,7 +188,8 @@ impl Application {
             }
         };
         let maintenance = tokio::spawn(Arc::clone(&self.state.runs).maintain());
-        let served = axum::serve(self.listener, router(self.state))
+        let app = router(self.state);
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(stop)
             .await;
         // Maintenance gives this replica's leases up once it sees the shutdown.

@@ -21,6 +21,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::PathParam;
 use super::handlers::load_run;
+use super::views::ErrorBody;
 use crate::domain::RunId;
 use crate::runs::RunService;
 use crate::store::{EventKind, EventRecord};
@@ -44,7 +45,38 @@ fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::InvalidRequest("Last-Event-ID must be an event id".to_owned()))
 }
 
+/// What the OpenAPI document says about the stream's events.
+pub const EVENTS_DESCRIPTION: &str = "A `text/event-stream` of the run's events, oldest first. \
+Each event has an `id` (its position, for `Last-Event-ID`), an `event` type and JSON `data`:\n\n\
+- `status`: the run's status changed; data is `StatusEventData`, e.g. `{\"status\":\"running\"}`.\n\
+- `log`: one line of output without its newline; data is `LogEventData`, e.g. \
+`{\"stream\":\"stdout\",\"line\":\"test result: ok\"}`.\n\
+- `end`: the last event, the run is over; data is `EndEventData`, e.g. \
+`{\"status\":\"succeeded\"}`. The server closes the stream after it.\n\n\
+Comment lines (`:`) are heartbeats. A stream that closes without `end` (shutdown, failure) \
+is resumed by reconnecting with `Last-Event-ID`.";
+
 /// The handler.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{run_id}/events",
+    tag = "runs",
+    summary = "Follow a run's status and logs (Server-Sent Events)",
+    description = "Replays the run's stored events after `Last-Event-ID` (all of them without \
+        it), then follows new ones until the `end` event. See the 200 response for the event types.",
+    params(
+        ("run_id" = String, Path, description = "The run's id, `run_` + ULID."),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = -1,
+            description = "The `id` of the last event the caller has: the stream starts after it."),
+    ),
+    responses(
+        (status = 200, description = EVENTS_DESCRIPTION, content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_request`: `Last-Event-ID` is not an event id.", body = ErrorBody),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`.", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(run_id = %run_id))]
 pub async fn run_events(
     State(state): State<AppState>,

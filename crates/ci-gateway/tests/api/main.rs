@@ -6,4 +6,6 @@ mod helpers;
 
 mod bad_input;
 mod lifecycle;
+mod listing;
+mod openapi;
 mod resilience;

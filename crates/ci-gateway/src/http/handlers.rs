@@ -105,7 +105,8 @@ fn idempotency_key(
     description = "Starts a run. With an idempotency key (header or body), a retry of the same \
         request returns the run the first one made (200) instead of starting another.",
     params(
-        ("job_id" = String, Path, description = "The job's id."),
+        ("job_id" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,128}$",
+            example = "job_payments_build_test", description = "The job's id."),
         ("Idempotency-Key" = Option<String>, Header,
             description = "Makes retries safe: 1 to 255 printable ASCII characters. Same as the \
                 body's `idempotency_key`; when both are given they must be equal."),
@@ -243,7 +244,8 @@ pub fn parse_timeout(s: &str) -> Result<Duration, ApiError> {
         as the run is terminal, or when `timeout` passes with the run as it is then; both are \
         200, so check `terminal`.",
     params(
-        ("run_id" = String, Path, description = "The run's id, `run_` + ULID."),
+        ("run_id" = String, Path, pattern = r"^run_[0-9A-HJKMNP-TV-Z]{26}$",
+            description = "The run's id, `run_` + ULID."),
         GetRunQuery,
     ),
     responses(
@@ -325,7 +327,8 @@ async fn wait_until_terminal(
     description = "Accepted (202) once the CI provider took the request; the run becomes \
         `canceled` (reason `canceled_by_caller`) when the provider stops it. Until then its \
         reason is `cancel_requested`. Takes no body.",
-    params(("run_id" = String, Path, description = "The run's id, `run_` + ULID.")),
+    params(("run_id" = String, Path, pattern = r"^run_[0-9A-HJKMNP-TV-Z]{26}$",
+            description = "The run's id, `run_` + ULID.")),
     responses(
         (status = 202, description = "The provider accepted the cancel request; the run as it is now.", body = RunEnvelope),
         (status = 404, description = "`run_not_found`.", body = ErrorBody),

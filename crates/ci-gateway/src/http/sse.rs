@@ -5,6 +5,7 @@
 //! and by a short poll for events another replica stored. It ends with the `end` event once the
 //! run is over. A comment heartbeat keeps idle connections alive through proxies.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,12 +17,15 @@ use axum::http::header::{CACHE_CONTROL, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
+use utoipa::openapi::schema::{Object, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::PathParam;
 use super::handlers::load_run;
-use super::views::ErrorBody;
+use super::views::{EndEventData, ErrorBody, LogEventData, StatusEventData};
 use crate::domain::RunId;
 use crate::runs::RunService;
 use crate::store::{EventKind, EventRecord};
@@ -56,6 +60,78 @@ Each event has an `id` (its position, for `Last-Event-ID`), an `event` type and 
 Comment lines (`:`) are heartbeats. A stream that closes without `end` (shutdown, failure) \
 is resumed by reconnecting with `Last-Event-ID`.";
 
+/// One event of the stream as a client parses it: its `id`, `event` and `data` fields.
+///
+/// Documented as the schema of the `text/event-stream` response, which OpenAPI 3.1 reads as the
+/// shape of each event (3.2 would say `itemSchema`); `data` is JSON text whose schema depends
+/// on the event type (`contentMediaType` + `contentSchema`).
+pub struct RunEventDoc;
+
+impl RunEventDoc {
+    fn variant(event: &str, data: &str, what: &str) -> Object {
+        let id = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "The event's position in the run, for `Last-Event-ID`.",
+            ))
+            .pattern(Some("^[0-9]+$"));
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([event]));
+        let payload = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(what))
+            .content_media_type("application/json")
+            .content_schema(Some(Ref::from_schema_name(data)));
+        ObjectBuilder::new()
+            .property("id", id)
+            .required("id")
+            .property("event", name)
+            .required("event")
+            .property("data", payload)
+            .required("data")
+            .build()
+    }
+}
+
+impl PartialSchema for RunEventDoc {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Self::variant(
+                "status",
+                "StatusEventData",
+                "The run's new status.",
+            ))
+            .item(Self::variant(
+                "log",
+                "LogEventData",
+                "One line of output, without its newline.",
+            ))
+            .item(Self::variant(
+                "end",
+                "EndEventData",
+                "The final status; the last event of the stream.",
+            ))
+            .description(Some("One Server-Sent Event of a run's stream."))
+            .into()
+    }
+}
+
+impl ToSchema for RunEventDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("RunEvent")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((StatusEventData::name().into(), StatusEventData::schema()));
+        schemas.push((LogEventData::name().into(), LogEventData::schema()));
+        schemas.push((EndEventData::name().into(), EndEventData::schema()));
+        <StatusEventData as ToSchema>::schemas(schemas);
+        <LogEventData as ToSchema>::schemas(schemas);
+        <EndEventData as ToSchema>::schemas(schemas);
+    }
+}
+
 /// The handler.
 #[utoipa::path(
     get,
@@ -65,12 +141,13 @@ is resumed by reconnecting with `Last-Event-ID`.";
     description = "Replays the run's stored events after `Last-Event-ID` (all of them without \
         it), then follows new ones until the `end` event. See the 200 response for the event types.",
     params(
-        ("run_id" = String, Path, description = "The run's id, `run_` + ULID."),
+        ("run_id" = String, Path, pattern = r"^run_[0-9A-HJKMNP-TV-Z]{26}$",
+            description = "The run's id, `run_` + ULID."),
         ("Last-Event-ID" = Option<i64>, Header, minimum = -1,
             description = "The `id` of the last event the caller has: the stream starts after it."),
     ),
     responses(
-        (status = 200, description = EVENTS_DESCRIPTION, content_type = "text/event-stream", body = String),
+        (status = 200, description = EVENTS_DESCRIPTION, content_type = "text/event-stream", body = RunEventDoc),
         (status = 400, description = "`invalid_request`: `Last-Event-ID` is not an event id.", body = ErrorBody),
         (status = 404, description = "`run_not_found`.", body = ErrorBody),
         (status = 500, description = "`internal`.", body = ErrorBody),

@@ -32,6 +32,7 @@ pub struct JobView {
     /// Human name.
     pub display_name: String,
     /// Environment label, or null.
+    #[schema(required = true)]
     pub environment: Option<String>,
 }
 
@@ -123,16 +124,18 @@ pub struct RunView {
     pub job_id: String,
     /// Current status.
     pub status: RunStatus,
-    /// Why it is in this status (see [`RunReason`]); null while running and after success.
+    /// Why it is in this status: a stable code (see the `RunReason` schema); null while
+    /// running and after success.
+    #[schema(required = true)]
     pub reason: Option<RunReason>,
     /// When the gateway accepted it (RFC 3339, UTC, whole seconds).
     #[schema(format = DateTime)]
     pub created_at: String,
     /// When it started, or null.
-    #[schema(format = DateTime)]
+    #[schema(format = DateTime, required = true)]
     pub started_at: Option<String>,
     /// When it finished, or null.
-    #[schema(format = DateTime)]
+    #[schema(format = DateTime, required = true)]
     pub finished_at: Option<String>,
     /// The parameters it was triggered with.
     #[schema(value_type = Object)]
@@ -183,6 +186,7 @@ pub struct RunList {
     /// The runs, newest first.
     pub runs: Vec<RunView>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 

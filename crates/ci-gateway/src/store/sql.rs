@@ -395,13 +395,14 @@ macro_rules! impl_store {
                         .push(key_close);
                 }
                 if let Some((t, run_id)) = filter.after {
-                    q.push(format!(" AND ({created} < {key_open}"))
+                    // (key, run_id) < (t, id), spelled so that `key <= t` bounds the index scan.
+                    q.push(format!(" AND {created} <= {key_open}"))
                         .push_bind(t)
-                        .push(format!("{key_close} OR ({created} = {key_open}"))
+                        .push(format!("{key_close} AND ({created} < {key_open}"))
                         .push_bind(t)
-                        .push(format!("{key_close} AND run_id < "))
+                        .push(format!("{key_close} OR run_id < "))
                         .push_bind(run_id.to_string())
-                        .push("))");
+                        .push(")");
                 }
                 q.push(format!(" ORDER BY {created} DESC, run_id DESC LIMIT "))
                     .push_bind(limit);
@@ -678,6 +679,7 @@ mod tests {
 
     use super::*;
     use crate::domain::TenantId;
+    use crate::store::RunFilter;
 
     async fn store() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -774,6 +776,69 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn runs_list_newest_first_below_the_second_and_resume_after_a_keyset_position() {
+        // Arrange: creation times whose RFC 3339 text does not sort like time
+        // (`…:00Z` > `…:00.5Z` > `…:00.12Z` as text).
+        let (store, _dir) = store().await;
+        let tenant = TenantId::default_tenant();
+        let base = time::macros::datetime!(2026-12-03 17:00:00 UTC);
+        // A run of now, outside the window below; it also creates the job.
+        new_run(&store, "a").await;
+        let first = NewEvent {
+            kind: EventKind::Status,
+            data: json!({"status": "queued"}),
+        };
+        let mut ids = Vec::new();
+        for ms in [0, 500, 120, 1000] {
+            let run = NewRun {
+                run_id: RunId::generate(),
+                tenant_id: tenant.clone(),
+                job_id: "job_a".into(),
+                provider_id: "ci".into(),
+                provider_kind: "concourse".into(),
+                parameters: Map::new(),
+                idempotency_key: None,
+                request_fingerprint: "f".into(),
+                created_at: base + time::Duration::milliseconds(ms),
+                ingest_owner: "a".into(),
+                lease_until: base,
+            };
+            store.insert_run(&run, &first).await.unwrap();
+            ids.push((ms, run.run_id));
+        }
+        let window = RunFilter {
+            created_before: Some(base + time::Duration::seconds(2)),
+            ..RunFilter::default()
+        };
+
+        // Act
+        let all = store.list_runs(&tenant, &window, 10).await.unwrap();
+        let page = store.list_runs(&tenant, &window, 2).await.unwrap();
+        let last = page.last().unwrap();
+        let rest = store
+            .list_runs(
+                &tenant,
+                &RunFilter {
+                    after: Some((last.created_at, last.run_id)),
+                    ..window.clone()
+                },
+                10,
+            )
+            .await
+            .unwrap();
+
+        // Assert
+        let order: Vec<RunId> = all.iter().map(|r| r.run_id).collect();
+        let by_time = |ms: i64| ids.iter().find(|(m, _)| *m == ms).unwrap().1;
+        assert_eq!(
+            order,
+            [by_time(1000), by_time(500), by_time(120), by_time(0)]
+        );
+        let paged: Vec<RunId> = page.iter().chain(&rest).map(|r| r.run_id).collect();
+        assert_eq!(paged, order);
     }
 
     #[tokio::test]

@@ -58,7 +58,10 @@ pub fn document() -> OpenApiDoc {
 
 /// The document, shared by every request that asks for it.
 #[derive(Clone)]
-pub struct Document(pub Arc<OpenApiDoc>);
+pub struct Document(
+    /// The generated document.
+    pub Arc<OpenApiDoc>,
+);
 
 /// `GET /v1/openapi.json`.
 #[utoipa::path(

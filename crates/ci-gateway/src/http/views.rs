@@ -72,8 +72,9 @@ pub struct RunLinks {
 /// - `canceled_externally`: canceled without a cancel request through this API.
 /// - `job_failed`: the job ran and one of its steps failed.
 /// - `provider_error`: the CI provider could not run it to completion (infrastructure or
-///   configuration error, or the outcome of the submission is unknown).
-/// - `status_unknown`: the provider reports a state the gateway does not know.
+///   configuration error), or its answer to the submission was lost.
+/// - `status_unknown`: the gateway cannot tell the run's state: the provider reports one the
+///   gateway does not know, or never confirmed the submission.
 ///
 /// Null while running normally and after success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -91,7 +92,7 @@ pub enum RunReason {
     JobFailed,
     /// The provider could not run it to completion.
     ProviderError,
-    /// The provider reports a state the gateway does not know.
+    /// The gateway cannot tell the run's state.
     StatusUnknown,
 }
 

@@ -215,6 +215,7 @@ impl Application {
             server: Arc::new(settings.server.clone()),
             metrics: metrics_handle(),
             auth: Arc::new(auth),
+            openapi: crate::http::openapi::Document(Arc::new(crate::http::openapi::document())),
         };
         Ok(Application {
             listener,
@@ -229,6 +230,12 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The router this gateway serves (cheap: the state is shared), for in-process requests and
+    /// for inspecting its routes.
+    pub fn router(&self) -> axum::Router {
+        router(self.state.clone())
     }
 
     /// A token that stops the gateway when cancelled.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The state of a run, as the public API reports it.
 ///
 /// The set is closed: a provider state that has no mapping becomes [`RunStatus::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Accepted, waiting to start upstream.
@@ -74,7 +74,7 @@ impl fmt::Display for RunStatus {
 }
 
 /// Which output stream a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     /// Standard output of a step.

@@ -5,14 +5,12 @@
 //! carry a provider's URL, team, pipeline, build id or credential: provider and store details go
 //! to the log, the caller gets a generic sentence.
 
+use super::views::{ErrorBody, ErrorDetail, RunView};
+use crate::provider::ProviderError;
+use crate::store::{RunRecord, StoreError};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
-use super::views::RunView;
-use crate::provider::ProviderError;
-use crate::store::{RunRecord, StoreError};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -189,11 +187,16 @@ impl IntoResponse for ApiError {
         } else if matches!(self, ApiError::Provider(_)) {
             tracing::warn!(code = self.code(), error = %self, "provider refused");
         }
-        let mut body =
-            json!({ "error": { "code": self.code(), "message": self.public_message() } });
-        if let ApiError::RunTerminal(run) = &self {
-            body["run"] = json!(RunView::from(run.as_ref()));
-        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.public_message(),
+            },
+            run: match &self {
+                ApiError::RunTerminal(run) => Some(RunView::from(run.as_ref())),
+                _ => None,
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

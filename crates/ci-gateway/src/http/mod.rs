@@ -4,6 +4,8 @@ pub mod caller;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod listing;
+pub mod openapi;
 pub mod sse;
 pub mod views;
 
@@ -12,7 +14,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, Response, StatusCode};
-use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -35,6 +36,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Checks callers' credentials.
     pub auth: Arc<Authenticator>,
+    /// The OpenAPI document served at `/v1/openapi.json`.
+    pub openapi: openapi::Document,
 }
 
 /// Request ids are ULIDs, so they sort by time in the logs.
@@ -61,19 +64,12 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<axum::
         .unwrap_or_default()
 }
 
-/// The router with every route and layer.
+/// The router with every route and layer. The routes come from [`openapi::api`], so each one
+/// is in the OpenAPI document.
 pub fn router(state: AppState) -> Router {
     let header = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/v1/jobs", get(handlers::list_jobs))
-        .route("/v1/jobs/{job_id}/runs", post(handlers::trigger_run))
-        .route("/v1/runs/{run_id}", get(handlers::get_run))
-        .route("/v1/runs/{run_id}/events", get(sse::run_events))
-        .route("/v1/runs/{run_id}/cancel", post(handlers::cancel_run))
-        .route("/v1/audit", get(handlers::list_audit))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
+    let (routes, _) = openapi::api().split_for_parts();
+    routes
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.server.max_body_bytes))

@@ -6,6 +6,7 @@
 //! `end` event once the run is over. A comment heartbeat keeps idle connections alive through
 //! proxies.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,11 +19,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::openapi::schema::{Object, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::PathParam;
 use super::handlers::load_run;
+use super::views::{EndEventData, ErrorBody, LogEventData, StatusEventData};
 use crate::bus::Batch;
 use crate::domain::{RunId, TenantId};
 use crate::runs::RunService;
@@ -53,7 +58,114 @@ fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::InvalidRequest("Last-Event-ID must be an event id".to_owned()))
 }
 
+/// What the OpenAPI document says about the stream's events.
+pub const EVENTS_DESCRIPTION: &str = "A `text/event-stream` of the run's events, oldest first. \
+Each event has an `id` (its position, for `Last-Event-ID`), an `event` type and JSON `data`:\n\n\
+- `status`: the run's status changed; data is `StatusEventData`, e.g. `{\"status\":\"running\"}`.\n\
+- `log`: one line of output without its newline; data is `LogEventData`, e.g. \
+`{\"stream\":\"stdout\",\"line\":\"test result: ok\"}`.\n\
+- `end`: the last event, the run is over; data is `EndEventData`, e.g. \
+`{\"status\":\"succeeded\"}`. The server closes the stream after it.\n\n\
+Comment lines (`:`) are heartbeats. A stream that closes without `end` (shutdown, failure) \
+is resumed by reconnecting with `Last-Event-ID`.";
+
+/// One event of the stream as a client parses it: its `id`, `event` and `data` fields.
+///
+/// Documented as the schema of the `text/event-stream` response, which OpenAPI 3.1 reads as the
+/// shape of each event (3.2 would say `itemSchema`); `data` is JSON text whose schema depends
+/// on the event type (`contentMediaType` + `contentSchema`).
+pub struct RunEventDoc;
+
+impl RunEventDoc {
+    fn variant(event: &str, data: &str, what: &str) -> Object {
+        let id = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "The event's position in the run, for `Last-Event-ID`.",
+            ))
+            .pattern(Some("^[0-9]+$"));
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([event]));
+        let payload = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(what))
+            .content_media_type("application/json")
+            .content_schema(Some(Ref::from_schema_name(data)));
+        ObjectBuilder::new()
+            .property("id", id)
+            .required("id")
+            .property("event", name)
+            .required("event")
+            .property("data", payload)
+            .required("data")
+            .build()
+    }
+}
+
+impl PartialSchema for RunEventDoc {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Self::variant(
+                "status",
+                "StatusEventData",
+                "The run's new status.",
+            ))
+            .item(Self::variant(
+                "log",
+                "LogEventData",
+                "One line of output, without its newline.",
+            ))
+            .item(Self::variant(
+                "end",
+                "EndEventData",
+                "The final status; the last event of the stream.",
+            ))
+            .description(Some("One Server-Sent Event of a run's stream."))
+            .into()
+    }
+}
+
+impl ToSchema for RunEventDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("RunEvent")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((StatusEventData::name().into(), StatusEventData::schema()));
+        schemas.push((LogEventData::name().into(), LogEventData::schema()));
+        schemas.push((EndEventData::name().into(), EndEventData::schema()));
+        <StatusEventData as ToSchema>::schemas(schemas);
+        <LogEventData as ToSchema>::schemas(schemas);
+        <EndEventData as ToSchema>::schemas(schemas);
+    }
+}
+
 /// The handler.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{run_id}/events",
+    tag = "runs",
+    summary = "Follow a run's status and logs (Server-Sent Events)",
+    description = "Replays the run's stored events after `Last-Event-ID` (all of them without \
+        it), then follows new ones until the `end` event. See the 200 response for the event types.",
+    params(
+        ("run_id" = String, Path, pattern = r"^run_[0-9A-HJKMNP-TV-Z]{26}$",
+            description = "The run's id, `run_` + ULID."),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = -1,
+            description = "The `id` of the last event the caller has: the stream starts after it."),
+    ),
+    responses(
+        (status = 200, description = EVENTS_DESCRIPTION, content_type = "text/event-stream", body = RunEventDoc),
+        (status = 400, description = "`invalid_request`: `Last-Event-ID` is not an event id.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or bad credentials.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller lacks the scope (or the project).", body = ErrorBody),
+        (status = 404, description = "`run_not_found`.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 #[tracing::instrument(skip_all, fields(run_id = %run_id, caller))]
 pub async fn run_events(
     State(state): State<AppState>,

@@ -204,6 +204,22 @@ pub enum InsertOutcome {
     Vanished,
 }
 
+/// Which runs [`Store::list_runs`] returns; every field narrows the list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    /// Only this job's runs.
+    pub job_id: Option<String>,
+    /// Only runs in this status.
+    pub status: Option<RunStatus>,
+    /// Only runs created at or after this instant.
+    pub created_after: Option<OffsetDateTime>,
+    /// Only runs created strictly before this instant.
+    pub created_before: Option<OffsetDateTime>,
+    /// Keyset position: only runs that sort after this one, newest first, i.e. created
+    /// earlier, or at the same instant with a smaller run id.
+    pub after: Option<(OffsetDateTime, RunId)>,
+}
+
 /// The gateway's persistence.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -265,6 +281,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// One run.
     async fn get_run(&self, tenant: &TenantId, run_id: RunId) -> StoreResult<Option<RunRecord>>;
+
+    /// Up to `limit` runs of a tenant matching `filter`, newest first: by creation time
+    /// descending, then run id descending, a total order that keyset paging can resume
+    /// (SQLite compares creation times to the millisecond, PostgreSQL to the microsecond).
+    async fn list_runs(
+        &self,
+        tenant: &TenantId,
+        filter: &RunFilter,
+        limit: i64,
+    ) -> StoreResult<Vec<RunRecord>>;
 
     /// Records the provider's reference once the provider accepted the run.
     async fn set_provider_run_ref(&self, run_id: RunId, run_ref: &Value) -> StoreResult<()>;

@@ -20,8 +20,8 @@ use sqlx::{ConnectOptions, Connection};
 use time::OffsetDateTime;
 
 use super::{
-    EventKind, EventRecord, InsertOutcome, JobRecord, NewEvent, NewRun, RunChange, RunRecord,
-    Store, StoreError, StoreResult,
+    EventKind, EventRecord, InsertOutcome, JobRecord, NewEvent, NewRun, RunChange, RunFilter,
+    RunRecord, Store, StoreError, StoreResult,
 };
 use crate::audit::{AuditFilter, AuditRecord, HashInput, NewAudit, format_time, row_hash};
 use crate::domain::{RunId, RunStatus, TenantId};
@@ -259,8 +259,13 @@ const RUN_COLUMNS: &str = "run_id, tenant_id, job_id, status, provider_id, provi
      finished_at, cancel_requested_at, stream_resume, ended";
 
 /// Stamps out the [`Store`] implementation for one backend.
+///
+/// `$time_key` wraps a timestamp (column or bound value) into what the backend orders by:
+/// PostgreSQL compares `TIMESTAMPTZ` as is; SQLite stores RFC 3339 text whose fraction has no
+/// fixed width (`…:00Z` sorts after `…:00.5Z`), so it compares a fixed-width rendering to the
+/// millisecond, the same expression as its `ci_run_listing` index.
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $begin:literal) => {
+    ($store:ty, $db:ty, $begin:literal, $time_key:expr) => {
         impl $store {
             /// Appends an audit row inside `tx`. Taking the chain head first serializes
             /// appends: on PostgreSQL the head row stays locked until `tx` ends; on SQLite the
@@ -493,6 +498,54 @@ macro_rules! impl_store {
                 .await?
                 .map(RunRecord::try_from)
                 .transpose()
+            }
+
+            async fn list_runs(
+                &self,
+                tenant: &TenantId,
+                filter: &RunFilter,
+                limit: i64,
+            ) -> StoreResult<Vec<RunRecord>> {
+                let (key_open, key_close): (&str, &str) = $time_key;
+                let created = format!("{key_open}created_at{key_close}");
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {RUN_COLUMNS} FROM ci_run WHERE tenant_id = "
+                ));
+                q.push_bind(tenant.as_ref().to_owned());
+                if let Some(job_id) = &filter.job_id {
+                    q.push(" AND job_id = ").push_bind(job_id.clone());
+                }
+                if let Some(status) = filter.status {
+                    q.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(t) = filter.created_after {
+                    q.push(format!(" AND {created} >= {key_open}"))
+                        .push_bind(t)
+                        .push(key_close);
+                }
+                if let Some(t) = filter.created_before {
+                    q.push(format!(" AND {created} < {key_open}"))
+                        .push_bind(t)
+                        .push(key_close);
+                }
+                if let Some((t, run_id)) = filter.after {
+                    // (key, run_id) < (t, id), spelled so that `key <= t` bounds the index scan.
+                    q.push(format!(" AND {created} <= {key_open}"))
+                        .push_bind(t)
+                        .push(format!("{key_close} AND ({created} < {key_open}"))
+                        .push_bind(t)
+                        .push(format!("{key_close} OR run_id < "))
+                        .push_bind(run_id.to_string())
+                        .push(")");
+                }
+                q.push(format!(" ORDER BY {created} DESC, run_id DESC LIMIT "))
+                    .push_bind(limit);
+                q.build_query_as::<RunRow>()
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .map(RunRecord::try_from)
+                    .collect()
             }
 
             async fn set_provider_run_ref(&self, run_id: RunId, run_ref: &Value) -> StoreResult<()> {
@@ -824,8 +877,13 @@ macro_rules! impl_store {
 // SQLite: take the write lock when the transaction begins. A deferred transaction that reads
 // and then writes fails at once with "database is locked" when another connection wrote in
 // between (the busy timeout cannot help it); an immediate one waits its turn.
-impl_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
-impl_store!(PgStore, sqlx::Postgres, "BEGIN");
+impl_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "BEGIN IMMEDIATE",
+    ("strftime('%Y-%m-%dT%H:%M:%f', ", ")")
+);
+impl_store!(PgStore, sqlx::Postgres, "BEGIN", ("", ""));
 
 #[cfg(test)]
 mod tests {
@@ -833,11 +891,32 @@ mod tests {
 
     use super::*;
     use crate::domain::TenantId;
+    use crate::store::RunFilter;
 
     async fn store() -> (SqliteStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         (SqliteStore::connect(&url, 2).await.unwrap(), dir)
+    }
+
+    /// The audit row of a test run's trigger.
+    fn test_audit(run: &NewRun) -> crate::audit::NewAudit {
+        crate::audit::NewAudit {
+            at: run.created_at,
+            tenant_id: TenantId::default_tenant(),
+            caller: "t".into(),
+            auth_method: "api_token".into(),
+            action: crate::audit::AuditAction::Trigger,
+            job_id: Some(run.job_id.clone()),
+            run_id: Some(run.run_id.to_string()),
+            parameters: Map::new(),
+            idempotency_key: None,
+            decision: crate::audit::Decision::Allowed,
+            reason: None,
+            request_id: None,
+            source_addr: None,
+            outcome: None,
+        }
     }
 
     async fn new_run(store: &SqliteStore, owner: &str) -> RunId {
@@ -871,23 +950,10 @@ mod tests {
             kind: EventKind::Status,
             data: json!({"status": "queued"}),
         };
-        let audit = crate::audit::NewAudit {
-            at: now,
-            tenant_id: TenantId::default_tenant(),
-            caller: "t".into(),
-            auth_method: "api_token".into(),
-            action: crate::audit::AuditAction::Trigger,
-            job_id: Some("job_a".into()),
-            run_id: Some(run.run_id.to_string()),
-            parameters: Map::new(),
-            idempotency_key: None,
-            decision: crate::audit::Decision::Allowed,
-            reason: None,
-            request_id: None,
-            source_addr: None,
-            outcome: None,
-        };
-        store.insert_run(&run, &first, &audit).await.unwrap();
+        store
+            .insert_run(&run, &first, &test_audit(&run))
+            .await
+            .unwrap();
         store
             .set_provider_run_ref(run.run_id, &json!({"build_id": 1}))
             .await
@@ -967,6 +1033,72 @@ mod tests {
             panic!("tampering not found")
         };
         assert_eq!(seq, 2);
+    }
+
+    #[tokio::test]
+    async fn runs_list_newest_first_below_the_second_and_resume_after_a_keyset_position() {
+        // Arrange: creation times whose RFC 3339 text does not sort like time
+        // (`…:00Z` > `…:00.5Z` > `…:00.12Z` as text).
+        let (store, _dir) = store().await;
+        let tenant = TenantId::default_tenant();
+        let base = time::macros::datetime!(2026-12-03 17:00:00 UTC);
+        // A run of now, outside the window below; it also creates the job.
+        new_run(&store, "a").await;
+        let first = NewEvent {
+            kind: EventKind::Status,
+            data: json!({"status": "queued"}),
+        };
+        let mut ids = Vec::new();
+        for ms in [0, 500, 120, 1000] {
+            let run = NewRun {
+                run_id: RunId::generate(),
+                tenant_id: tenant.clone(),
+                job_id: "job_a".into(),
+                provider_id: "ci".into(),
+                provider_kind: "concourse".into(),
+                parameters: Map::new(),
+                idempotency_key: None,
+                request_fingerprint: "f".into(),
+                created_at: base + time::Duration::milliseconds(ms),
+                ingest_owner: "a".into(),
+                lease_until: base,
+            };
+            store
+                .insert_run(&run, &first, &test_audit(&run))
+                .await
+                .unwrap();
+            ids.push((ms, run.run_id));
+        }
+        let window = RunFilter {
+            created_before: Some(base + time::Duration::seconds(2)),
+            ..RunFilter::default()
+        };
+
+        // Act
+        let all = store.list_runs(&tenant, &window, 10).await.unwrap();
+        let page = store.list_runs(&tenant, &window, 2).await.unwrap();
+        let last = page.last().unwrap();
+        let rest = store
+            .list_runs(
+                &tenant,
+                &RunFilter {
+                    after: Some((last.created_at, last.run_id)),
+                    ..window.clone()
+                },
+                10,
+            )
+            .await
+            .unwrap();
+
+        // Assert
+        let order: Vec<RunId> = all.iter().map(|r| r.run_id).collect();
+        let by_time = |ms: i64| ids.iter().find(|(m, _)| *m == ms).unwrap().1;
+        assert_eq!(
+            order,
+            [by_time(1000), by_time(500), by_time(120), by_time(0)]
+        );
+        let paged: Vec<RunId> = page.iter().chain(&rest).map(|r| r.run_id).collect();
+        assert_eq!(paged, order);
     }
 
     #[tokio::test]

@@ -300,6 +300,8 @@ pub struct TestApp {
     pub secrets: Vec<String>,
     /// Added as a bearer token to requests that carry no Authorization header.
     pub token: Option<String>,
+    /// The paths the gateway's router serves, read from the router itself.
+    pub route_paths: Vec<String>,
 }
 
 /// A response, read whole.
@@ -494,6 +496,7 @@ pub async fn start_gateway(
     } else {
         format!("http://{}", app.local_addr())
     };
+    let route_paths = route_paths(&app.router());
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(async move {
         app.run_until_stopped(std::future::pending())
@@ -510,7 +513,29 @@ pub async fn start_gateway(
         server,
         secrets,
         token: options.token,
+        route_paths,
     })
+}
+
+/// The paths an axum router serves. axum has no API to list them, but its `Debug` output prints
+/// the path router's `paths` map before the fallback router (whose catch-all paths are not
+/// routes); every quoted string there that starts with `/` is a path.
+pub fn route_paths(router: &axum::Router) -> Vec<String> {
+    let debug = format!("{router:?}");
+    let (routes, _fallback) = debug
+        .split_once("fallback_router")
+        .expect("axum's Router Debug names its fallback_router");
+    let mut paths: Vec<String> = routes
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with('/'))
+        .map(str::to_owned)
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert!(!paths.is_empty(), "no routes found in {debug}");
+    paths
 }
 
 impl TestApp {
@@ -526,6 +551,7 @@ impl TestApp {
             server: tokio::spawn(async {}),
             secrets,
             token: Some(CALLER_TOKEN.to_owned()),
+            route_paths: Vec::new(),
         }
     }
 

@@ -9,5 +9,7 @@ mod bad_input;
 mod binary;
 mod cli;
 mod lifecycle;
+mod listing;
+mod openapi;
 mod replicas;
 mod resilience;

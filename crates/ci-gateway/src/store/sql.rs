@@ -64,17 +64,49 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let file = options.get_filename();
+        let lock_path = (file != std::path::Path::new(":memory:") && !url.contains("mode=memory"))
+            .then(|| {
+                let mut path = file.as_os_str().to_owned();
+                path.push(".migrate-lock");
+                std::path::PathBuf::from(path)
+            });
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await
             .context("cannot open the SQLite database")?;
+        // SQLite has no advisory lock: replicas sharing the file take turns through a lock
+        // file beside it, so two starting at once do not both create the schema.
+        let _migrating = lock_beside(&lock_path).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(migrate_error)?;
         Ok(SqliteStore { pool })
     }
+}
+
+/// Takes an exclusive lock on `path` (created if missing), held until the file is dropped.
+/// `None` for an in-memory database.
+async fn lock_beside(path: &Option<std::path::PathBuf>) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(path) = path.clone() else {
+        return Ok(None);
+    };
+    let file = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(file)
+    })
+    .await
+    .context("the migration lock task failed")??;
+    Ok(Some(file))
 }
 
 impl PgStore {
@@ -1099,6 +1131,53 @@ mod tests {
         );
         let paged: Vec<RunId> = page.iter().chain(&rest).map(|r| r.run_id).collect();
         assert_eq!(paged, order);
+    }
+
+    #[tokio::test]
+    async fn pruning_drops_old_logs_of_ended_runs_but_keeps_runs_and_their_end() {
+        let (store, _dir) = store().await;
+        let old = new_run(&store, "a").await;
+        let open = new_run(&store, "a").await;
+        let log = NewEvent {
+            kind: EventKind::Log,
+            data: json!({"line": "x"}),
+        };
+        let end = NewEvent {
+            kind: EventKind::End,
+            data: json!({"status": "succeeded"}),
+        };
+        let finished = RunChange {
+            status: Some(RunStatus::Succeeded),
+            finished_at: Some(OffsetDateTime::now_utc() - time::Duration::days(40)),
+            ended: true,
+            ..RunChange::default()
+        };
+        store
+            .append_events(old, "a", &[log.clone(), end], &finished)
+            .await
+            .unwrap();
+        store
+            .append_events(open, "a", &[log], &RunChange::default())
+            .await
+            .unwrap();
+
+        let pruned = store
+            .prune_events(OffsetDateTime::now_utc() - time::Duration::days(30))
+            .await
+            .unwrap();
+
+        assert_eq!(pruned, 2, "the old run's queued status and log line");
+        let kept: Vec<EventKind> = store
+            .events_after(old, -1, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kept, [EventKind::End]);
+        assert_eq!(store.events_after(open, -1, 10).await.unwrap().len(), 2);
+        let tenant = TenantId::default_tenant();
+        assert!(store.get_run(&tenant, old).await.unwrap().is_some());
     }
 
     #[tokio::test]

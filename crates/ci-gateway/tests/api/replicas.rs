@@ -56,14 +56,19 @@ async fn start_replica(sim: &Arc<Simulator>, db: &Arc<TestDb>) -> Replica {
         .expect("start ci-gateway serve");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let ready: Value = tokio::time::timeout(PATIENCE, async {
+        let mut seen = Vec::new();
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && v["message"] == "gateway ready"
             {
                 return v;
             }
+            seen.push(line);
         }
-        panic!("the replica exited before it was ready");
+        panic!(
+            "the replica exited before it was ready:\n{}",
+            seen.join("\n")
+        );
     })
     .await
     .expect("replica ready in time");
@@ -86,9 +91,8 @@ async fn two_replicas() -> (Replica, Replica) {
             .unwrap(),
     );
     let db = Arc::new(TestDb::new().await);
-    let a = start_replica(&sim, &db).await;
-    let b = start_replica(&sim, &db).await;
-    (a, b)
+    // Both start at the same moment on an empty database: both migrate it, safely.
+    tokio::join!(start_replica(&sim, &db), start_replica(&sim, &db))
 }
 
 fn id_and_data(events: &[SseEvent]) -> Vec<(String, String, Value)> {

@@ -6,6 +6,7 @@
 #
 # Environment:
 #   CI_GATEWAY_TOKEN       sent as `Authorization: Bearer ...`; defaults to the token dev prints.
+#   CI_GATEWAY_BIN         an already built `ci-gateway` binary (default: build one).
 #   SCHEMATHESIS_EXAMPLES  test cases per operation and phase (default 40).
 #   SCHEMATHESIS_VENV      where to install Schemathesis (default /tmp/ci-gateway-schemathesis).
 set -euo pipefail
@@ -20,8 +21,13 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
     "$VENV/bin/python" -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build -p ci-gateway --bin ci-gateway --locked --quiet
-BIN=target/debug/ci-gateway
+# CI passes the binary `cargo test` just built; building it again here would recompile many
+# crates with other features.
+BIN=${CI_GATEWAY_BIN:-}
+if [[ -z "$BIN" ]]; then
+    cargo build -p ci-gateway --bin ci-gateway --locked --quiet
+    BIN=target/debug/ci-gateway
+fi
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 BASE="http://127.0.0.1:$PORT"

@@ -41,10 +41,12 @@ if as_postgres "$bin/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
   exit 0
 fi
 
-rm -rf "$DATA"
-mkdir -p "$DATA"
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA"
-as_postgres "$bin/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 >/dev/null
+# A stopped cluster from an earlier run is started again, never wiped.
+if [ ! -f "$DATA/PG_VERSION" ]; then
+  mkdir -p "$DATA"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA"
+  as_postgres "$bin/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 >/dev/null
+fi
 as_postgres "$bin/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w \
   -o "-p $PORT -k $DATA -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" \
   start >/dev/null

@@ -174,8 +174,9 @@ fn banner(url: &str, token: &str) -> String {
          \x20 curl -s -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" -X POST \\\n\
          \x20      {url}/v1/jobs/job_payments_build_test/runs \\\n\
          \x20      -H 'content-type: application/json' -d '{{\"idempotency_key\":\"try-1\"}}'\n\
+         \x20 # then, with the run_id the POST returned in place of RUN_ID:\n\
          \x20 curl -s -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" {url}/v1/runs/RUN_ID\n\
-         \x20 curl -N -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" {url}/v1/runs/RUN_ID/events\n\
+         \x20 curl -sN -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" {url}/v1/runs/RUN_ID/events\n\
          \x20 curl -s -H \"authorization: Bearer $CI_GATEWAY_TOKEN\" {url}/v1/audit\n\n\
          Press Ctrl-C to stop.\n"
     )

@@ -74,8 +74,10 @@ enum AuditCommand {
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, not in a log file or a collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if std::env::var("CI_GATEWAY_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().flatten_event(true).init();
@@ -136,6 +138,17 @@ async fn run(command: ServerCommand) -> anyhow::Result<()> {
                 (Some(file), None) => Settings::load(&file)?.database.url,
                 (None, None) => anyhow::bail!("give --config FILE or --database-url URL"),
             };
+            // Verifying must not create or migrate a database: a wrong path is an error, not
+            // an empty, intact log.
+            if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+            {
+                let file = path.split('?').next().unwrap_or(path);
+                if !std::path::Path::new(file).exists() {
+                    anyhow::bail!("no database at {file}");
+                }
+            }
             let store = ci_gateway::store::connect(&url, 2).await?;
             match ci_gateway::audit::verify(store.as_ref()).await? {
                 Verification::Intact { rows } => {

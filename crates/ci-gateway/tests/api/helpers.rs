@@ -195,16 +195,52 @@ macro_rules! on_db {
 pub struct TestDb {
     pub url: String,
     pub dir: tempfile::TempDir,
+    /// The server's admin URL, for a PostgreSQL database (dropped with the `TestDb`).
+    admin: Option<String>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(admin) = self.admin.take() else {
+            return;
+        };
+        let Some((_, name)) = self.url.rsplit_once('/') else {
+            return;
+        };
+        let name = name.to_owned();
+        // Drop cannot await: a short-lived runtime on its own thread does the clean-up. FORCE
+        // ends the connections a gateway of the test may still hold.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let pool = sqlx::PgPool::connect(&admin).await?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
+                pool.close().await;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+    }
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = match std::env::var("CI_GATEWAY_TEST_PG_URL") {
-            Ok(admin) if !admin.is_empty() => create_pg_database(&admin).await,
-            _ => format!("sqlite://{}", dir.path().join("gateway.db").display()),
-        };
-        TestDb { url, dir }
+        match std::env::var("CI_GATEWAY_TEST_PG_URL") {
+            Ok(admin) if !admin.is_empty() => TestDb {
+                url: create_pg_database(&admin).await,
+                dir,
+                admin: Some(admin),
+            },
+            _ => TestDb {
+                url: format!("sqlite://{}", dir.path().join("gateway.db").display()),
+                dir,
+                admin: None,
+            },
+        }
     }
 
     /// Whether this is a PostgreSQL database.

@@ -71,14 +71,16 @@ impl SqliteStore {
                 path.push(".migrate-lock");
                 std::path::PathBuf::from(path)
             });
+        // SQLite has no advisory lock: replicas sharing the file take turns through a lock
+        // file beside it while they open it (switching a new file to WAL needs the file to
+        // itself) and migrate it, so two starting at once neither collide nor both create the
+        // schema.
+        let _opening = lock_beside(&lock_path).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await
             .context("cannot open the SQLite database")?;
-        // SQLite has no advisory lock: replicas sharing the file take turns through a lock
-        // file beside it, so two starting at once do not both create the schema.
-        let _migrating = lock_beside(&lock_path).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await

@@ -176,6 +176,8 @@ fn looks_secret(key: &str) -> bool {
         "secret",
         "password",
         "passwd",
+        "pass",
+        "pwd",
         "token",
         "key",
         "credential",
@@ -197,14 +199,21 @@ pub fn redact(parameters: &Map<String, Value>) -> Map<String, Value> {
         .map(|(k, v)| {
             let v = if looks_secret(k) {
                 Value::String(REDACTED.to_owned())
-            } else if let Value::Object(inner) = v {
-                Value::Object(redact(inner))
             } else {
-                v.clone()
+                redact_value(v)
             };
             (k.clone(), v)
         })
         .collect()
+}
+
+/// Redacts inside objects and arrays, at any depth.
+fn redact_value(value: &Value) -> Value {
+    match value {
+        Value::Object(inner) => Value::Object(redact(inner)),
+        Value::Array(items) => Value::Array(items.iter().map(redact_value).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The fields a row's hash covers, as they are stored.
@@ -363,15 +372,24 @@ mod tests {
 
     #[test]
     fn secret_looking_parameters_are_redacted_and_others_kept() {
-        let params =
-            json!({"branch": "main", "api_key": "k", "nested": {"db_password": "p", "n": 1}});
+        let params = json!({
+            "branch": "main",
+            "api_key": "k",
+            "nested": {"db_password": "p", "n": 1},
+            "list": [{"secret": "s", "ok": 2}, [{"DB_PASS": "q"}], 3],
+        });
         let Value::Object(params) = params else {
             unreachable!()
         };
         let red = Value::Object(redact(&params));
         assert_eq!(
             red,
-            json!({"branch": "main", "api_key": REDACTED, "nested": {"db_password": REDACTED, "n": 1}})
+            json!({
+                "branch": "main",
+                "api_key": REDACTED,
+                "nested": {"db_password": REDACTED, "n": 1},
+                "list": [{"secret": REDACTED, "ok": 2}, [{"DB_PASS": REDACTED}], 3],
+            })
         );
     }
 

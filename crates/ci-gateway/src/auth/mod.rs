@@ -232,7 +232,8 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
+    // `from_str_radix` alone would accept a sign (`+a`): only hex digits count.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -307,8 +308,22 @@ impl Authenticator {
     /// # Errors
     /// The first problem, in words an operator can act on.
     pub fn check_settings(auth: &AuthSettings, tls: Option<&TlsSettings>) -> anyhow::Result<()> {
+        let mut names = std::collections::HashSet::new();
+        let mut digests = std::collections::HashSet::new();
         for t in &auth.tokens {
             let what = format!("auth token {:?}", t.name);
+            if t.name.trim().is_empty() || t.name == "anonymous" {
+                bail!("{what}: give the token a name of its own (not empty, not \"anonymous\")");
+            }
+            if !names.insert(t.name.as_str()) {
+                bail!("{what}: the name is used twice");
+            }
+            // One token, one grant: a second entry for the same digest would silently win.
+            if let Some(h) = &t.sha256
+                && !digests.insert(h.to_ascii_lowercase())
+            {
+                bail!("{what}: the same sha256 is configured twice");
+            }
             match (&t.sha256, &t.token_env) {
                 (Some(h), None) => {
                     if parse_hex32(&h.to_ascii_lowercase()).is_none() {
@@ -498,6 +513,44 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_digest_or_name_given_twice_or_not_hex_is_a_config_error() {
+        let token = |name: &str, sha256: String| crate::config::ApiTokenSettings {
+            name: name.to_owned(),
+            sha256: Some(sha256),
+            token_env: None,
+            scopes: vec!["runs:read".to_owned()],
+            projects: None,
+        };
+        let digest = token_digest("t");
+        let check = |tokens| {
+            Authenticator::check_settings(
+                &AuthSettings {
+                    tokens,
+                    ..AuthSettings::default()
+                },
+                None,
+            )
+        };
+        assert!(check(vec![token("a", digest.clone())]).is_ok());
+        assert!(
+            check(vec![
+                token("a", digest.clone()),
+                token("b", digest.to_uppercase())
+            ])
+            .is_err()
+        );
+        assert!(
+            check(vec![
+                token("a", digest.clone()),
+                token("a", token_digest("u"))
+            ])
+            .is_err()
+        );
+        assert!(check(vec![token("anonymous", digest.clone())]).is_err());
+        assert!(check(vec![token("a", format!("+{}", &digest[1..]))]).is_err());
+    }
 
     #[test]
     fn scopes_round_trip_and_unknown_ones_are_ignored() {

@@ -45,10 +45,15 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
 pub struct MaybeCaller(pub Result<Caller, Denial>);
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Denial> {
-    let authorization = match parts.headers.get(AUTHORIZATION) {
+    let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+    let authorization = match values.next() {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| Denial::Unauthenticated)?),
     };
+    // Two credentials are one too many: refuse rather than pick one.
+    if values.next().is_some() {
+        return Err(Denial::Unauthenticated);
+    }
     let peer_certs: &[Vec<u8>] = parts
         .extensions
         .get::<Arc<axum_server::tls::TlsInfo>>()

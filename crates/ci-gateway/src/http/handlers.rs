@@ -229,7 +229,10 @@ pub async fn trigger_run(
         Err(e) => return Err(e.into()),
     };
     if !caller.may_access(&job.project) {
-        return Err(deny(&state, audit, Denial::ProjectNotAllowed.into()).await);
+        // Recorded as the refusal it is, answered as if the job did not exist: a caller limited
+        // to some projects learns nothing about the others' jobs.
+        deny(&state, audit, Denial::ProjectNotAllowed.into()).await;
+        return Err(ApiError::JobNotFound);
     }
     let request = TriggerRequest {
         parameters,
@@ -555,6 +558,10 @@ pub async fn list_audit(
 ) -> Result<Json<Value>, ApiError> {
     caller.record_in_span();
     caller.require(Scope::AuditRead)?;
+    // The log spans every project: a caller limited to some may not read it.
+    if caller.grant.projects.is_some() {
+        return Err(Denial::ProjectNotAllowed.into());
+    }
     let Query(q) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {

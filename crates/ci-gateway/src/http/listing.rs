@@ -117,6 +117,7 @@ fn parse(query: ListRunsQuery) -> Result<(RunFilter, u32), ApiError> {
         .transpose()?;
     let filter = RunFilter {
         job_id: query.job_id,
+        job_ids: None,
         status,
         created_after: query
             .created_after
@@ -163,7 +164,18 @@ pub async fn list_runs(
     caller.record_in_span();
     caller.require(Scope::RunsRead)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let (filter, limit) = parse(query)?;
+    let (mut filter, limit) = parse(query)?;
+    if caller.grant.projects.is_some() {
+        // A caller limited to some projects sees only their runs: filtered in the query, so
+        // that pages and cursors never name, count or skip over anybody else's.
+        let jobs = state.runs.store.list_jobs(&caller.tenant).await?;
+        filter.job_ids = Some(
+            jobs.into_iter()
+                .filter(|j| caller.may_access(&j.project))
+                .map(|j| j.job_id)
+                .collect(),
+        );
+    }
     // One more than asked tells whether there is a next page.
     let mut runs = state
         .runs
@@ -176,17 +188,6 @@ pub async fn list_runs(
         created_at: last.created_at,
         run_id: last.run_id,
     });
-    if caller.grant.projects.is_some() {
-        // A caller limited to some projects sees only their runs; a page may come out short,
-        // and the cursor still moves past everything read.
-        let jobs = state.runs.store.list_jobs(&caller.tenant).await?;
-        let allowed: std::collections::HashSet<&str> = jobs
-            .iter()
-            .filter(|j| caller.may_access(&j.project))
-            .map(|j| j.job_id.as_str())
-            .collect();
-        runs.retain(|r| allowed.contains(r.job_id.as_str()));
-    }
     let next_cursor = next_after.filter(|_| more).map(|c| c.encode());
     Ok(Json(RunList {
         runs: runs.iter().map(RunView::from).collect(),

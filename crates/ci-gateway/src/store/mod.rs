@@ -209,6 +209,8 @@ pub enum InsertOutcome {
 pub struct RunFilter {
     /// Only this job's runs.
     pub job_id: Option<String>,
+    /// Only runs of these jobs (a caller limited to some projects); `None` for any job.
+    pub job_ids: Option<Vec<String>>,
     /// Only runs in this status.
     pub status: Option<RunStatus>,
     /// Only runs created at or after this instant.

@@ -549,6 +549,14 @@ macro_rules! impl_store {
                 if let Some(job_id) = &filter.job_id {
                     q.push(" AND job_id = ").push_bind(job_id.clone());
                 }
+                if let Some(job_ids) = &filter.job_ids {
+                    // An empty list matches nothing (and `IN ()` is not valid SQL).
+                    q.push(" AND job_id IN (NULL");
+                    for id in job_ids {
+                        q.push(", ").push_bind(id.clone());
+                    }
+                    q.push(")");
+                }
                 if let Some(status) = filter.status {
                     q.push(" AND status = ").push_bind(status.as_str());
                 }

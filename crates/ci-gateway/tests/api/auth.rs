@@ -328,10 +328,19 @@ async fn a_wrong_api_token_is_401_and_a_token_without_the_scope_is_403() {
     .await;
 
     let wrong = app.get_with_token("/v1/jobs", "cigw_wrong-token").await;
+    let two = app
+        .send_anonymous(
+            app.client
+                .get(app.url("/v1/jobs"))
+                .header("authorization", format!("Bearer {CALLER_TOKEN}"))
+                .header("authorization", "Basic eA=="),
+        )
+        .await;
     let read = app.get_with_token("/v1/jobs", BOT_TOKEN).await;
     let trigger = app.trigger_with_token(JOB_OK, BOT_TOKEN).await;
 
     assert_unauthorized(&wrong);
+    assert_unauthorized(&two);
     assert_eq!(read.status, StatusCode::OK);
     trigger.assert_error(403, "forbidden");
     assert!(app.sim.builds().is_empty());
@@ -372,16 +381,29 @@ async fn a_caller_limited_to_another_project_cannot_trigger_or_see_its_jobs() {
     )
     .await;
 
+    let payments_run = app.trigger_ok(JOB_FAIL).await;
     let jobs = app.get_with_token("/v1/jobs", BOT_TOKEN).await;
     let trigger = app.trigger_with_token(JOB_OK, BOT_TOKEN).await;
+    let listed = app.get_with_token("/v1/runs?limit=1", BOT_TOKEN).await;
+    let read = app
+        .get_with_token(&format!("/v1/runs/{payments_run}"), BOT_TOKEN)
+        .await;
+    let audit = app.get_with_token("/v1/audit", BOT_TOKEN).await;
 
     assert_eq!(jobs.json()["jobs"], json!([]));
-    trigger.assert_error(403, "forbidden");
-    assert!(app.sim.builds().is_empty());
+    // The same answer as for a job that does not exist: nothing about other projects leaks.
+    trigger.assert_error(404, "job_not_found");
+    assert_eq!(listed.json(), json!({"runs": [], "next_cursor": null}));
+    read.assert_error(404, "run_not_found");
+    audit.assert_error(403, "forbidden");
+    assert_eq!(app.sim.builds().len(), 1, "only the suite's own run");
     let rows = app.audit("").await;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["reason"], "forbidden");
-    assert_eq!(rows[0]["caller"]["subject"], "other-team");
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|r| r["caller"]["subject"] == "other-team")
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["reason"], "forbidden");
 }
 
 #[tokio::test]

@@ -113,6 +113,12 @@ fn idempotency_key(
         .map_err(|e| ApiError::InvalidRequest(format!("invalid idempotency key: {e}")))
 }
 
+/// An id from the path as the audit log keeps it: ids are short, so anything longer is cut
+/// (an unauthenticated caller must not be able to write large rows).
+fn clip(id: &str) -> String {
+    id.chars().take(128).collect()
+}
+
 /// The audit row of an attempt, before the decision: who, what, from where.
 fn audit_base(caller: &Result<Caller, Denial>, meta: RequestMeta, action: AuditAction) -> NewAudit {
     let (subject, method, tenant) = match caller {
@@ -199,7 +205,7 @@ pub async fn trigger_run(
     JsonBody(body): JsonBody<TriggerBody>,
 ) -> Result<Response, ApiError> {
     let mut audit = audit_base(&caller, meta, AuditAction::Trigger);
-    audit.job_id = Some(job_id.clone());
+    audit.job_id = Some(clip(&job_id));
     let parameters = body.parameters.unwrap_or_default();
     audit.parameters = redact(&parameters);
     let caller = match caller {
@@ -468,7 +474,7 @@ pub async fn cancel_run(
     PathParam(run_id): PathParam,
 ) -> Result<Response, ApiError> {
     let mut audit = audit_base(&caller, meta, AuditAction::Cancel);
-    audit.run_id = Some(run_id.clone());
+    audit.run_id = Some(clip(&run_id));
     let caller = match caller {
         Ok(c) => c,
         Err(d) => return Err(deny(&state, audit, d.into()).await),
@@ -580,7 +586,14 @@ pub async fn list_audit(
     let filter = AuditFilter {
         caller: q.caller,
         job_id: q.job_id,
-        action: q.action,
+        action: match q.action {
+            Some(a) if a != "trigger" && a != "cancel" => {
+                return Err(ApiError::InvalidRequest(
+                    "action must be trigger or cancel".to_owned(),
+                ));
+            }
+            other => other,
+        },
         since: parse_time("since", q.since.as_deref())?,
         until: parse_time("until", q.until.as_deref())?,
         after_seq,

@@ -84,5 +84,23 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(header.clone()))
         .layer(SetRequestIdLayer::new(header, UlidRequestId))
+        .layer(axum::middleware::map_request(drop_odd_request_id))
         .with_state(state)
+}
+
+/// A caller's `x-request-id` is kept only if it is a plausible id (at most 128 characters of
+/// `A-Z a-z 0-9 . _ : -`); anything else is replaced by our own, so it cannot bloat the logs,
+/// the audit log or the response.
+async fn drop_odd_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let odd = request.headers().get("x-request-id").is_some_and(|v| {
+        v.len() > 128
+            || !v
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    });
+    if odd {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }

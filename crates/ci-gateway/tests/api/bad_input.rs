@@ -159,3 +159,42 @@ async fn health_and_readiness_answer() {
     let metrics = app.get("/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_oversized_or_odd_request_id_is_replaced_not_echoed() {
+    let app = spawn_app().await;
+    let huge = "r".repeat(30 * 1024);
+
+    let long = app
+        .send(
+            app.client
+                .get(app.url("/v1/jobs"))
+                .header("x-request-id", &huge),
+        )
+        .await;
+    let odd = app
+        .send(
+            app.client
+                .get(app.url("/v1/jobs"))
+                .header("x-request-id", "a b<c>"),
+        )
+        .await;
+    let fine = app
+        .send(
+            app.client
+                .get(app.url("/v1/jobs"))
+                .header("x-request-id", "req-42.a:b_c"),
+        )
+        .await;
+
+    let id = |r: &Reply| {
+        r.headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(id(&long).len(), 26, "a fresh ULID");
+    assert_eq!(id(&odd).len(), 26, "a fresh ULID");
+    assert_eq!(id(&fine), "req-42.a:b_c");
+}

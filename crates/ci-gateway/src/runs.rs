@@ -398,13 +398,11 @@ impl RunService {
     pub async fn settle_unsubmitted(&self) -> Result<(), ApiError> {
         let now = OffsetDateTime::now_utc();
         let stale = now - time::Duration::minutes(2);
-        for run in self.store.open_runs().await? {
-            if run.provider_run_ref.is_none()
-                && run.created_at < stale
-                && self
-                    .store
-                    .claim_run(run.run_id, &self.replica, self.lease_until(), now)
-                    .await?
+        for run in self.store.unsubmitted_runs(stale).await? {
+            if self
+                .store
+                .claim_run(run.run_id, &self.replica, self.lease_until(), now)
+                .await?
             {
                 tracing::warn!(run_id = %run.run_id, "run was never confirmed by its provider");
                 self.finish(&run, RunStatus::Unknown).await?;

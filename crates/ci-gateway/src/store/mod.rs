@@ -363,8 +363,9 @@ pub trait Store: Send + Sync + 'static {
     /// The run's `end` event, once stored.
     async fn end_event(&self, run_id: RunId) -> StoreResult<Option<EventRecord>>;
 
-    /// Every run that has not ended yet, oldest first.
-    async fn open_runs(&self) -> StoreResult<Vec<RunRecord>>;
+    /// Runs that have not ended, were never accepted by their provider, and were created before
+    /// `before`: submissions that a dying replica left unfinished.
+    async fn unsubmitted_runs(&self, before: OffsetDateTime) -> StoreResult<Vec<RunRecord>>;
 
     /// Notes that a caller asked to cancel the run.
     async fn mark_cancel_requested(&self, run_id: RunId, at: OffsetDateTime) -> StoreResult<()>;

@@ -711,10 +711,14 @@ macro_rules! impl_store {
                 .transpose()
             }
 
-            async fn open_runs(&self) -> StoreResult<Vec<RunRecord>> {
+            async fn unsubmitted_runs(&self, before: OffsetDateTime) -> StoreResult<Vec<RunRecord>> {
+                let (key_open, key_close): (&str, &str) = $time_key;
                 sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(format!(
-                    "SELECT {RUN_COLUMNS} FROM ci_run WHERE NOT ended ORDER BY created_at"
+                    "SELECT {RUN_COLUMNS} FROM ci_run WHERE NOT ended \
+                     AND provider_run_ref IS NULL \
+                     AND {key_open}created_at{key_close} < {key_open}$1{key_close}"
                 )))
+                .bind(before)
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
@@ -1188,6 +1192,33 @@ mod tests {
         assert_eq!(store.events_after(open, -1, 10).await.unwrap().len(), 2);
         let tenant = TenantId::default_tenant();
         assert!(store.get_run(&tenant, old).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn unsubmitted_runs_are_the_old_open_ones_without_a_provider_reference() {
+        let (store, _dir) = store().await;
+        let submitted = new_run(&store, "a").await;
+        let stuck = new_run(&store, "a").await;
+        sqlx::query("UPDATE ci_run SET provider_run_ref = NULL WHERE run_id = $1")
+            .bind(stuck.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let now = OffsetDateTime::now_utc();
+
+        let old_enough = store
+            .unsubmitted_runs(now + time::Duration::seconds(1))
+            .await
+            .unwrap();
+        let too_recent = store
+            .unsubmitted_runs(now - time::Duration::minutes(2))
+            .await
+            .unwrap();
+
+        let ids: Vec<RunId> = old_enough.iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, [stuck]);
+        assert_ne!(ids, [submitted]);
+        assert!(too_recent.is_empty());
     }
 
     #[tokio::test]
